@@ -1,0 +1,15 @@
+"""The code location: `workspace.yaml` and `pyproject.toml` both point here."""
+
+import dagster as dg
+
+from retrain_platform.defs.resources import resources_for_environment
+from retrain_platform.defs.training import train_customer, training_assets, training_checks
+
+defs = dg.Definitions(
+    assets=training_assets,
+    asset_checks=training_checks,
+    jobs=[train_customer],
+    resources=resources_for_environment(),
+    # Steps run in the run's own process: one DuckDB writer per run, and no re-import cost per step.
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,85 @@
+"""Every resource key, defined once, and the one place that picks local or production settings.
+
+Assets ask for a `warehouse` and a `registry`; they never know whether that is DuckDB and a sqlite MLflow
+under `RETRAIN_HOME`, or Snowflake and a shared MLflow server.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from dagster_snowflake import SnowflakeResource
+from pydantic import Field
+
+from retrain_platform import settings
+from retrain_platform.registry import ModelRegistry
+from retrain_platform.warehouse import Warehouse
+
+
+class DuckDBWarehouse(DuckDBResource):
+    """The embedded warehouse: one DuckDB file, opened for each statement so other processes can share it."""
+
+    def get_warehouse(self) -> Warehouse:
+        @contextmanager
+        def connect():
+            with self.get_connection() as conn:
+                yield conn
+
+        return Warehouse(connect, "duckdb")
+
+
+class SnowflakeWarehouse(SnowflakeResource):
+    """The production warehouse, through dagster-snowflake's connection settings."""
+
+    def get_warehouse(self) -> Warehouse:
+        return Warehouse(self.get_connection, "snowflake")
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """MLflow tracking and model registry.
+
+    A configurable resource rather than dagster-mlflow's `mlflow_tracking`: that one is a legacy function
+    resource that rewrites `os.environ` and ends the MLflow run after the first op; we tag every MLflow run
+    with the Dagster run id instead.
+    """
+
+    tracking_uri: str = Field(description="MLflow tracking URI, e.g. sqlite:///.retrain/mlflow.db or https://mlflow.internal")
+    registry_uri: str | None = Field(default=None, description="Model registry URI; the tracking URI when unset")
+    artifact_root: str | None = Field(default=None, description="Where new experiments keep artifacts")
+
+    def get_registry(self) -> ModelRegistry:
+        return ModelRegistry(self.tracking_uri, self.registry_uri, self.artifact_root)
+
+
+def local_resources(home: settings.Home) -> dict:
+    return {
+        "warehouse": DuckDBWarehouse(database=str(home.warehouse_path)),
+        "registry": MlflowRegistry(tracking_uri=home.tracking_uri, artifact_root=str(home.artifacts_dir)),
+    }
+
+
+def production_resources() -> dict:
+    return {
+        "warehouse": SnowflakeWarehouse(
+            account=dg.EnvVar("SNOWFLAKE_ACCOUNT"),
+            user=dg.EnvVar("SNOWFLAKE_USER"),
+            password=dg.EnvVar("SNOWFLAKE_PASSWORD"),
+            database=dg.EnvVar("SNOWFLAKE_DATABASE"),
+            schema=dg.EnvVar("SNOWFLAKE_SCHEMA"),
+            warehouse=dg.EnvVar("SNOWFLAKE_WAREHOUSE"),
+            role=dg.EnvVar("SNOWFLAKE_ROLE"),
+        ),
+        "registry": MlflowRegistry(
+            tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+            registry_uri=dg.EnvVar("MLFLOW_REGISTRY_URI"),
+            artifact_root=dg.EnvVar("MLFLOW_ARTIFACT_ROOT"),
+        ),
+    }
+
+
+def resources_for_environment(home: settings.Home | None = None) -> dict:
+    if settings.environment() == settings.PRODUCTION:
+        return production_resources()
+    return local_resources((home or settings.Home.from_env()).ensure())

@@ -1,0 +1,83 @@
+"""Where the platform keeps its state, and which environment it runs in.
+
+Everything local lives under one home folder (`RETRAIN_HOME`, default `.retrain/` in the working directory):
+the DuckDB warehouse, MLflow's sqlite tracking and registry database, model artifacts and `DAGSTER_HOME`.
+Production swaps these for Snowflake and a shared MLflow server through environment variables only
+(see `retrain_platform/defs/resources.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCAL = "local"
+PRODUCTION = "production"
+
+# One writer at a time per DuckDB file: the queued run coordinator keeps runs from overlapping.
+DAGSTER_YAML = """\
+# Written by retrain-platform for the embedded (local) environment.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 1
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass(frozen=True)
+class Home:
+    """The folder that holds every piece of local state."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Home:
+        return cls(Path(os.environ.get("RETRAIN_HOME", ".retrain")).resolve())
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    def ensure(self) -> Home:
+        """Create the folders and a `dagster.yaml` if missing; never overwrite a user's edits."""
+        for folder in (self.root, self.artifacts_dir, self.dagster_home):
+            folder.mkdir(parents=True, exist_ok=True)
+        dagster_yaml = self.dagster_home / "dagster.yaml"
+        if not dagster_yaml.exists():
+            dagster_yaml.write_text(DAGSTER_YAML)
+        return self
+
+    def export_environment(self) -> None:
+        """Point Dagster and MLflow at this home for the current process and its children."""
+        os.environ["RETRAIN_HOME"] = str(self.root)
+        os.environ["DAGSTER_HOME"] = str(self.dagster_home)
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def environment() -> str:
+    """`local` (embedded defaults) unless `RETRAIN_ENV=production`."""
+    value = os.environ.get("RETRAIN_ENV", LOCAL).strip().lower()
+    if value not in (LOCAL, PRODUCTION):
+        raise ValueError(f"RETRAIN_ENV must be {LOCAL!r} or {PRODUCTION!r}, not {value!r}")
+    return value
