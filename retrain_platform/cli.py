@@ -53,7 +53,8 @@ def run_training(customer: str, trigger: str = "manual"):
 
     job = defs.resolve_job_def("train_customer")
     run_config = {
-        "ops": {name: {"config": {"trigger": trigger}} for name in ("candidate_models", "deployed_model")}
+        "ops": {name: {"config": {"trigger": trigger}} for name in ("candidate_models", "deployed_model")},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
     with dg.DagsterInstance.get() as instance:
         return job.execute_in_process(

@@ -1,6 +1,5 @@
 """Training: dataset, features, candidate models, evaluation report and the deployed model, per customer."""
 
-from __future__ import annotations
 
 import json
 from dataclasses import dataclass
@@ -14,18 +13,18 @@ from retrain_platform import customers as customer_store
 from retrain_platform import ledger, quality
 from retrain_platform.defs.partitions import customers
 from retrain_platform.defs.resources import MlflowRegistry
-from retrain_platform.evaluation import EvaluationReport, evaluate
+from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
 from retrain_platform.modelling import (
     FeatureSet,
     SearchSettings,
     best_candidate,
     content_hash,
     make_features,
-    model_output,
     train_candidates,
 )
 from retrain_platform.registry import CHALLENGER, CHAMPION
 from retrain_platform.spec import CustomerSpec
+from retrain_platform.status import HOLDOUT_TAG_PREFIX
 from retrain_platform.warehouse import Warehouse
 
 TRAINING_DATA_QUALITY = "training_data_quality"
@@ -140,13 +139,13 @@ def training_dataset(context: dg.AssetExecutionContext, warehouse: dg.ResourcePa
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
 
 
-@dg.asset_check(asset=training_dataset, name=TRAINING_DATA_QUALITY, blocking=True)
+@dg.asset_check(asset=training_dataset, name=TRAINING_DATA_QUALITY, blocking=True, partitions_def=customers)
 def training_data_quality(
     context: dg.AssetCheckExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
 ) -> dg.AssetCheckResult:
     """great-expectations suite: schema and types, label present, categories and ranges, minimum rows,
     unique ids, timestamps that parse and are not in the future."""
-    customer = _check_partition(context)
+    customer = context.partition_key
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
     snapshot = db.query(f'select * from "{snapshot_table(customer)}" where customer = ?', [customer])
@@ -193,7 +192,7 @@ def features(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Ware
     )
 
 
-@dg.asset_check(asset=features, name=FEATURES_ARE_FINITE, blocking=True)
+@dg.asset_check(asset=features, name=FEATURES_ARE_FINITE, blocking=True, partitions_def=customers)
 def features_are_finite(features: FeatureSet) -> dg.AssetCheckResult:
     """No NaN or infinity survives the fitted preprocessing, on the training rows or the holdout."""
     transformed = np.vstack([features.transform(features.train), features.transform(features.holdout)])
@@ -289,11 +288,11 @@ def evaluation_report(
     spec = features.spec
     models = registry.get_registry()
     champion_version = models.alias_version(spec.model_name, CHAMPION)
-    challenger_output = model_output(candidate_models.pipeline, features.X_holdout, spec.task)
+    challenger_output = ModelOutput.from_estimator(candidate_models.pipeline, features.X_holdout, spec.task)
     champion_output = None
     if champion_version is not None and champion_version != candidate_models.challenger_version:
         champion = models.load(spec.model_name, champion_version)
-        champion_output = model_output(champion, features.X_holdout, spec.task)
+        champion_output = ModelOutput.from_estimator(champion, features.X_holdout, spec.task)
     report = evaluate(
         task=spec.task,
         primary_metric=spec.primary_metric,
@@ -306,6 +305,8 @@ def evaluation_report(
         champion_version=champion_version if champion_output is not None else None,
     )
     models.log_dict(candidate_models.challenger_run_id, report.to_dict(), "evaluation_report.json")
+    for metric, value in report.challenger_metrics.items():
+        models.set_version_tag(spec.model_name, candidate_models.challenger_version, HOLDOUT_TAG_PREFIX + metric, str(value))
     metadata: dict[str, Any] = {
         "verdict": report.verdict.decision,
         "report": dg.MetadataValue.md(report.to_markdown()),
@@ -392,7 +393,7 @@ def deployed_model(
     return dg.Output(deployment, metadata=metadata)
 
 
-@dg.asset_check(asset=deployed_model, name=CHAMPION_SERVES_AS_TRAINED, blocking=True)
+@dg.asset_check(asset=deployed_model, name=CHAMPION_SERVES_AS_TRAINED, blocking=True, partitions_def=customers)
 def champion_serves_as_trained(registry: MlflowRegistry, deployed_model: Deployment) -> dg.AssetCheckResult:
     """The champion loads from `models:/<name>@champion` and scores a sample exactly as the in-memory model did."""
     if deployed_model.champion_version is None:
@@ -420,10 +421,6 @@ def _scores(pipeline: Any, frame: pd.DataFrame, task: str) -> np.ndarray:
     if task == "regression":
         return np.asarray(pipeline.predict(frame), dtype=float)
     return np.asarray(pipeline.predict_proba(frame), dtype=float)
-
-
-def _check_partition(context: dg.AssetCheckExecutionContext) -> str:
-    return context.op_execution_context.partition_key
 
 
 def _training_data_version(context: dg.AssetExecutionContext) -> str | None:
