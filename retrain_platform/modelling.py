@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import loguniform, randint, uniform
+from scipy.stats import loguniform, randint
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
@@ -93,6 +93,19 @@ class FeatureSet:
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         return self.preprocessor.transform(frame[self.spec.feature_names])
 
+    def per_input_feature(self, transformed: np.ndarray) -> pd.DataFrame:
+        """Fold the transformed matrix back to one column per input feature: the largest absolute value
+        of its output columns, so a NaN or an infinity anywhere in a feature's block shows under its name."""
+        blocks: dict[str, list[int]] = {name: [] for name in self.spec.feature_names}
+        by_length = sorted(self.spec.feature_names, key=len, reverse=True)
+        for index, output in enumerate(self.feature_names_out):
+            owner = next(name for name in by_length if output == name or output.startswith(name + "_"))
+            blocks[owner].append(index)
+        with np.errstate(invalid="ignore"):
+            return pd.DataFrame(
+                {name: np.abs(transformed[:, columns]).max(axis=1) for name, columns in blocks.items() if columns}
+            )
+
 
 @dataclass
 class Candidate:
@@ -125,7 +138,9 @@ def build_preprocessor(spec: CustomerSpec) -> Pipeline:
             ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
             (
                 "encode",
-                OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, sparse_output=False),
+                OneHotEncoder(
+                    handle_unknown="infrequent_if_exist", min_frequency=5, max_categories=16, sparse_output=False
+                ),
             ),
         ]
     )
@@ -178,8 +193,8 @@ def candidate_families(task: str, seed: int) -> dict[str, tuple[Any, dict[str, A
                 {"learning_rate": loguniform(0.03, 0.3), "max_leaf_nodes": randint(8, 48), "l2_regularization": loguniform(1e-4, 1.0)},
             ),
             "random_forest": (
-                RandomForestRegressor(n_estimators=60, random_state=seed, n_jobs=1, max_samples=0.5),
-                {"max_depth": randint(4, 14), "min_samples_leaf": randint(2, 20), "max_features": uniform(0.3, 0.6)},
+                RandomForestRegressor(n_estimators=50, random_state=seed, n_jobs=1, max_samples=0.5),
+                {"max_depth": randint(4, 13), "min_samples_leaf": randint(2, 20), "max_features": ["sqrt", 0.2, 0.4]},
             ),
         }
     return {
@@ -192,8 +207,8 @@ def candidate_families(task: str, seed: int) -> dict[str, tuple[Any, dict[str, A
             {"learning_rate": loguniform(0.03, 0.3), "max_leaf_nodes": randint(8, 48), "l2_regularization": loguniform(1e-4, 1.0)},
         ),
         "random_forest": (
-            RandomForestClassifier(n_estimators=60, random_state=seed, n_jobs=1, max_samples=0.5),
-            {"max_depth": randint(4, 14), "min_samples_leaf": randint(2, 20), "max_features": uniform(0.3, 0.6)},
+            RandomForestClassifier(n_estimators=50, random_state=seed, n_jobs=1, max_samples=0.5),
+            {"max_depth": randint(4, 13), "min_samples_leaf": randint(2, 20), "max_features": ["sqrt", 0.2, 0.4]},
         ),
     }
 

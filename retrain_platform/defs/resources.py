@@ -6,6 +6,7 @@ under `RETRAIN_HOME`, or Snowflake and a shared MLflow server.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import dagster as dg
@@ -73,10 +74,14 @@ def production_resources() -> dict:
         ),
         "registry": MlflowRegistry(
             tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
-            registry_uri=dg.EnvVar("MLFLOW_REGISTRY_URI"),
-            artifact_root=dg.EnvVar("MLFLOW_ARTIFACT_ROOT"),
+            registry_uri=_optional_env("MLFLOW_REGISTRY_URI"),
+            artifact_root=_optional_env("MLFLOW_ARTIFACT_ROOT"),
         ),
     }
+
+
+def _optional_env(name: str) -> dg.EnvVar | None:
+    return dg.EnvVar(name) if os.environ.get(name) else None
 
 
 def resources_for_environment(home: settings.Home | None = None) -> dict:

@@ -196,8 +196,8 @@ def features(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Ware
 def features_are_finite(features: FeatureSet) -> dg.AssetCheckResult:
     """No NaN or infinity survives the fitted preprocessing, on the training rows or the holdout."""
     transformed = np.vstack([features.transform(features.train), features.transform(features.holdout)])
-    frame = pd.DataFrame(transformed, columns=features.feature_names_out)
-    result = quality.validate(frame, quality.features_suite(features.feature_names_out))
+    frame = features.per_input_feature(transformed)
+    result = quality.validate(frame, quality.features_suite(list(frame.columns)))
     return dg.AssetCheckResult(
         passed=result.success,
         severity=dg.AssetCheckSeverity.ERROR,
