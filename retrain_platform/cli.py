@@ -45,21 +45,68 @@ def _resources():
     return defs, warehouse, registry
 
 
-def run_training(customer: str, trigger: str = "manual"):
-    """Materialize the training chain for one customer as a real run on the Dagster instance."""
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_job(job_name: str, partition_key: str, run_config: dict | None = None, asset_selection=None):
+    """Run a job for one partition as a real run on the Dagster instance (it shows in the UI)."""
     import dagster as dg
 
     from retrain_platform.definitions import defs
 
-    job = defs.resolve_job_def("train_customer")
-    run_config = {
-        "ops": {name: {"config": {"trigger": trigger}} for name in ("candidate_models", "deployed_model")},
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-    }
+    job = defs.resolve_job_def(job_name)
     with dg.DagsterInstance.get() as instance:
         return job.execute_in_process(
-            instance=instance, partition_key=customer, run_config=run_config, raise_on_error=False
+            instance=instance,
+            partition_key=partition_key,
+            run_config={**QUIET, **(run_config or {})},
+            asset_selection=asset_selection,
+            raise_on_error=False,
         )
+
+
+def run_training(customer: str, trigger: str = "manual"):
+    """Materialize the training chain for one customer."""
+    config = {"ops": {name: {"config": {"trigger": trigger}} for name in ("candidate_models", "deployed_model")}}
+    return run_job("train_customer", customer, config)
+
+
+def add_partitions(name: str, keys: list[str]) -> None:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(name, keys)
+
+
+def ingest_and_monitor(warehouse, spec, frame, batch_id: str | None = None, monitor: bool = True) -> list[str]:
+    """Ingest a batch, then check, score and measure it; re-measure older batches whose labels arrived."""
+    import dagster as dg
+
+    from retrain_platform.ingest import batch_partition_key, ingest
+
+    summary = ingest(warehouse, spec, frame, batch_id)
+    lines = [
+        f"{spec.customer}: batch {summary.batch_id}: {summary.new_rows:,} new rows, "
+        f"{summary.labels_merged:,} labels merged"
+        + (f" (ignored columns: {', '.join(summary.ignored_columns)})" if summary.ignored_columns else "")
+    ]
+    new_keys = [batch_partition_key(spec.customer, summary.batch_id)] if summary.new_rows else []
+    relabelled = [batch_partition_key(spec.customer, b) for b in summary.batches_with_new_labels if b != summary.batch_id]
+    if new_keys:
+        add_partitions("batches", new_keys)
+    if not monitor:
+        return lines
+    for key in new_keys:
+        result = run_job("monitor_batch", key)
+        lines.append(f"  monitored {key}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
+        if not result.success:
+            raise CommandError(f"monitoring failed for batch {key}; the batch is kept, see run {result.run_id}")
+    for key in relabelled:
+        if key.endswith(".history"):
+            continue
+        result = run_job("monitor_batch", key, asset_selection=[dg.AssetKey("drift_report")])
+        lines.append(f"  re-measured {key} with its new labels: {'succeeded' if result.success else 'FAILED'}")
+    return lines
 
 
 def cmd_demo(args) -> int:
@@ -70,13 +117,14 @@ def cmd_demo(args) -> int:
 
     from retrain_platform import customers
     from retrain_platform.demo_data import demo_customers
+    from retrain_platform.ingest import HISTORY_BATCH
     from retrain_platform.spec import complete_spec, parse_spec
 
     defs, warehouse, registry = _resources()
     demo = demo_customers(seed=args.seed)
     for customer in demo:
         spec = complete_spec(parse_spec(customer.spec), customer.history)
-        warehouse.write(spec.landing_table, customer.history)
+        warehouse.write(spec.landing_table, customer.history.assign(batch_id=HISTORY_BATCH))
         customers.save_spec(warehouse, spec)
         print(f"loaded {spec.customer}: {len(customer.history):,} rows into {spec.landing_table} ({customer.drift})")
     names = [parse_spec(c.spec).customer for c in demo]
@@ -88,6 +136,20 @@ def cmd_demo(args) -> int:
         print(f"trained {name}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
         if not result.success:
             failed.append(name)
+    print()
+    for customer in demo:
+        spec = customers.load_spec(warehouse, customer.customer)
+        if spec.customer in failed:
+            continue
+        if registry.alias_version(spec.model_name, "champion") is None:
+            print(f"{spec.customer}: no champion yet ({spec.mode} mode), its batches wait")
+            continue
+        for index, batch in enumerate(customer.batches[: args.batches]):
+            for line in ingest_and_monitor(warehouse, spec, batch, batch_id=f"week-{index + 1}"):
+                print(line)
+    print()
+    print(drift_summary(warehouse))
+
     from retrain_platform.status import customer_status, format_table
 
     print()
@@ -96,6 +158,39 @@ def cmd_demo(args) -> int:
     print(f"open the UI with: DAGSTER_HOME={home.dagster_home} RETRAIN_HOME={home.root} dagster dev")
     if failed:
         raise CommandError(f"training failed for {', '.join(failed)}; see the runs in the UI")
+    return 0
+
+
+def drift_summary(warehouse) -> str:
+    """Per customer and batch: the share of drifted features and which ones drifted."""
+    from retrain_platform.monitoring import DRIFT_TABLE
+
+    if not warehouse.table_exists(DRIFT_TABLE):
+        return "no batch measured yet"
+    frame = warehouse.query(
+        f'select customer, batch_id, "column", drifted from "{DRIFT_TABLE}" order by customer, batch_id'
+    )
+    frame["drifted"] = frame["drifted"].astype(str).str.lower().isin(["true", "1"])
+    features = frame[frame["column"] != "__prediction__"]
+    lines = ["drift per batch (share of drifted features: the drifted ones)"]
+    for (customer, batch), rows in features.groupby(["customer", "batch_id"], sort=True):
+        drifted = rows.loc[rows["drifted"], "column"].tolist()
+        lines.append(f"  {customer:<20} {batch:<8} {rows['drifted'].mean():5.0%}  {', '.join(drifted) or '-'}")
+    return "\n".join(lines)
+
+
+def cmd_ingest(args) -> int:
+    home = _home(args)
+    if not home.warehouse_path.exists():
+        raise CommandError(f"no platform home at {home.root}")
+    from retrain_platform.customers import load_spec
+    from retrain_platform.ingest import read_source
+
+    _, warehouse, _ = _resources()
+    spec = load_spec(warehouse, args.customer)
+    frame = read_source(args.source)
+    for line in ingest_and_monitor(warehouse, spec, frame, batch_id=args.batch, monitor=not args.no_monitor):
+        print(line)
     return 0
 
 
@@ -136,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", parents=[common], help="fresh home, demo customers, first training through Dagster runs")
     demo.add_argument("--seed", type=int, default=0, help="seed of the demo data generator")
+    demo.add_argument("--batches", type=int, default=6, help="weekly batches to ingest after the first training")
     demo.set_defaults(handler=cmd_demo)
 
     status = commands.add_parser("status", parents=[common], help="per customer: mode, champion, metric, last verdict")
@@ -145,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", parents=[common], help="run the training chain for one customer now")
     train.add_argument("customer")
     train.set_defaults(handler=cmd_train)
+    ingest = commands.add_parser(
+        "ingest", parents=[common], help="append a CSV or Parquet batch (or late labels) to a customer's landing table"
+    )
+    ingest.add_argument("customer")
+    ingest.add_argument("--source", required=True, help="a .csv or .parquet file")
+    ingest.add_argument("--batch", help="batch id (default: b<UTC timestamp>)")
+    ingest.add_argument("--no-monitor", action="store_true", help="only store the rows; do not score or measure")
+    ingest.set_defaults(handler=cmd_ingest)
     return parser
 
 

@@ -17,17 +17,20 @@ How a column is judged (each rule can mark it drifted on its own; `reason` says 
    values a p-value flags shifts far too small to matter, so an effect size decides: the Wasserstein
    distance divided by the reference standard deviation (numeric) or the Jensen-Shannon distance in base 2,
    between 0 and 1 (categorical), or the PSI on reference deciles or categories; drift when one of them
-   reaches its threshold and a chi-square test on the same bins says the difference is not sampling noise.
-2. New category. A category the reference did not keep (never seen, or pooled as rare) that makes up at
-   least `new_category_share` of the batch, significantly more (binomial test) than any pooled category had.
+   reaches its threshold and a test says the difference is not sampling noise (chi-square on the same bins
+   or categories; for numeric columns also KS, taking the smaller p-value times two).
+2. New category. A category the reference did not record (never seen, or not among its `max_categories`
+   most frequent) that makes up at least `new_category_share` of the batch, significantly more (binomial
+   test) than any unrecorded reference category had.
 3. Missing values. The share of missing values (for numeric columns: also non-numeric and non-finite ones)
    moves by at least `missing_share`, absolute, in either direction, and a chi-square test says it is not
    noise.
 
-The dataset drifts when the share of drifted features reaches `dataset_share`. Rare categories are pooled
-into one "other" bucket and chi-square tests pool cells until every expected count is at least 5, so
-categories seen in only one sample do not create drift. Numeric values are compared as float32: a
-difference below seven significant digits is not drift, and it halves the size of the stored sample.
+The dataset drifts when the share of drifted features reaches `dataset_share`. Chi-square tests pool
+categories until every expected count is at least 5, and the distances pool categories under
+`rare_category_share` in both samples into one "other" bucket, so categories seen in only one sample, or a
+handful of times, do not create drift. Numeric values are compared as float32: a difference below seven
+significant digits is not drift, and it halves the size of the stored sample.
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from __future__ import annotations
 import base64
 import json
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 from scipy.spatial import distance
 
@@ -62,8 +66,7 @@ PREDICTION = "__prediction__"
 DEFAULT_CHUNK_SIZE = 250_000
 DEFAULT_BINS = 50
 DEFAULT_SAMPLE_SIZE = 1_000
-DEFAULT_MAX_CATEGORIES = 50
-DEFAULT_MIN_CATEGORY_SHARE = 0.005
+DEFAULT_MAX_CATEGORIES = 200
 PSI_GROUPS = 10
 PSI_EPSILON = 1e-4
 MIN_EXPECTED_COUNT = 5.0
@@ -106,6 +109,7 @@ class FeatureThresholds(BaseModel):
     psi: float | None = Field(default=None, gt=0.0)
     small_sample: int | None = Field(default=None, ge=0)
     new_category_share: float | None = Field(default=None, gt=0.0, le=1.0)
+    rare_category_share: float | None = Field(default=None, ge=0.0, lt=1.0)
     missing_share: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
@@ -115,7 +119,8 @@ class DriftThresholds(BaseModel):
     `p_value` applies to every significance test; `wasserstein` (in reference standard deviations),
     `jensen_shannon` (base 2) and `psi` are effect sizes used above `small_sample` values; `dataset_share`
     is the share of drifted features at which the whole dataset drifts; `new_category_share` and
-    `missing_share` are shares of the batch. `per_feature` maps a column (or `PREDICTION`) to overrides.
+    `missing_share` are shares of the batch; categories below `rare_category_share` in both samples are
+    pooled as "other" for the distances. `per_feature` maps a column (or `PREDICTION`) to overrides.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -127,12 +132,9 @@ class DriftThresholds(BaseModel):
     small_sample: int = Field(default=1000, ge=0)
     dataset_share: float = Field(default=0.5, gt=0.0, le=1.0)
     new_category_share: float = Field(default=0.05, gt=0.0, le=1.0)
+    rare_category_share: float = Field(default=0.005, ge=0.0, lt=1.0)
     missing_share: float = Field(default=0.05, gt=0.0, le=1.0)
     per_feature: dict[str, FeatureThresholds] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _no_nested_overrides(self) -> DriftThresholds:
-        return self
 
     def for_column(self, column: str) -> DriftThresholds:
         """The thresholds that apply to `column`: the global ones with its overrides applied."""
@@ -224,8 +226,8 @@ class NumericProfile:
 class CategoricalProfile:
     """The reference distribution of one categorical column.
 
-    `categories` are the kept categories (most frequent first) with their `counts`; everything else is
-    pooled in `other_count`, of which the largest single category had `max_other_share` of the reference.
+    `categories` are the most frequent categories (first) with their `counts`; everything else is pooled
+    in `other_count`, of which the largest single category had `max_other_share` of the reference.
     Categories are compared as strings, with integral floats written as integers so that 1 and 1.0 match.
     """
 
@@ -421,10 +423,7 @@ def _numeric_profile(series: pd.Series, n_bins: int, sample_size: int, rng: np.r
     edges = np.unique(quantiles.astype(np.float32))
     counts, sums = _bin_sorted(ordered, edges)
     q25, q75 = np.quantile(ordered, [0.25, 0.75])
-    if n > sample_size:
-        sample = ordered[np.sort(rng.choice(n, size=sample_size, replace=False))]
-    else:
-        sample = ordered
+    sample = ordered[np.sort(rng.choice(n, size=sample_size, replace=False))] if n > sample_size else ordered
     return NumericProfile(
         n=n,
         n_missing=n_missing,
@@ -440,12 +439,14 @@ def _numeric_profile(series: pd.Series, n_bins: int, sample_size: int, rng: np.r
     )
 
 
-def _categorical_profile(series: pd.Series, max_categories: int, min_category_share: float) -> CategoricalProfile:
+def _categorical_profile(series: pd.Series, max_categories: int) -> CategoricalProfile:
     counts, n_missing = _category_counts(series)
     n = int(counts.sum())
     order = sorted(zip(counts.index, counts.to_numpy()), key=lambda item: (-item[1], item[0]))
-    kept = [(label, int(count)) for label, count in order if n and count / n >= min_category_share]
-    kept = kept[:max_categories]
+    # Rare categories are kept too and only pooled at comparison time, on the counts of both samples:
+    # pooling on the reference counts alone would keep exactly the rare categories that were frequent in
+    # the reference by chance, and every later batch would seem to have lost them.
+    kept = [(label, int(count)) for label, count in order[:max_categories]]
     pooled = order[len(kept):]
     return CategoricalProfile(
         n=n,
@@ -459,13 +460,12 @@ def _categorical_profile(series: pd.Series, max_categories: int, min_category_sh
 
 
 def _profile(
-    series: pd.Series, kind: str, *, n_bins: int, sample_size: int, max_categories: int,
-    min_category_share: float, rng: np.random.Generator,
+    series: pd.Series, kind: str, *, n_bins: int, sample_size: int, max_categories: int, rng: np.random.Generator,
 ) -> Profile:
     if kind == "numeric":
         return _numeric_profile(series, n_bins, sample_size, rng)
     if kind == "categorical":
-        return _categorical_profile(series, max_categories, min_category_share)
+        return _categorical_profile(series, max_categories)
     raise ValueError(f"kind {kind!r} is not 'numeric' or 'categorical'")
 
 
@@ -500,7 +500,6 @@ def build_baseline(
     n_bins: int = DEFAULT_BINS,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     max_categories: int = DEFAULT_MAX_CATEGORIES,
-    min_category_share: float = DEFAULT_MIN_CATEGORY_SHARE,
 ) -> Baseline:
     """Summarise the reference data into a small `Baseline` that `detect` compares batches with.
 
@@ -508,8 +507,8 @@ def build_baseline(
     scores, positive-class probabilities or classes) and `labels` are optional; their kind is numeric for
     floats and categorical otherwise unless `prediction_kind` / `label_kind` say. `thresholds` become the
     defaults of `detect`. Numeric columns get `n_bins` quantile bins and a sorted sample of `sample_size`
-    values drawn with `seed`; categorical ones keep at most `max_categories` categories that each hold at
-    least `min_category_share` of the rows and pool the rest as "other".
+    values drawn with `seed`; categorical ones keep the counts of their `max_categories` most frequent
+    categories and pool the rest as "other".
     """
     if n_bins < 2:
         raise ValueError("n_bins: at least 2 bins are needed")
@@ -522,8 +521,7 @@ def build_baseline(
         raise ValueError("kinds: at least one feature column is needed")
     rng = np.random.default_rng(seed)
     options = dict(
-        n_bins=n_bins, sample_size=sample_size, max_categories=max_categories,
-        min_category_share=min_category_share, rng=rng,
+        n_bins=n_bins, sample_size=sample_size, max_categories=max_categories, rng=rng,
     )
     features: dict[str, Profile] = {}
     for column, kind in kinds.items():
@@ -589,7 +587,10 @@ class _NumericCounter:
         """Two-sample KS statistic and p-value of the batch against the reference sample."""
         m, n = len(self.profile.sample), self.n
         if self.raw is not None:
-            result = stats.ks_2samp(self.profile.sample, np.concatenate(self.raw))
+            with warnings.catch_warnings():
+                # When the exact p-value does not converge scipy falls back to the asymptotic one, as we would.
+                warnings.filterwarnings("ignore", "ks_2samp: Exact calculation unsuccessful", RuntimeWarning)
+                result = stats.ks_2samp(self.profile.sample, np.concatenate(self.raw))
             return float(result.statistic), float(result.pvalue)
         cdf_at = self.at_or_below / n
         cdf_before = self.below / n
@@ -627,8 +628,8 @@ class _CategoricalCounter:
             self.other_count += int(unknown.sum())
             self.unknown = self.unknown.add(unknown, fill_value=0).astype(np.int64)
             if len(self.unknown) > MAX_TRACKED_NEW_CATEGORIES:
-                # A pruned category held at most 1/MAX of the rows seen so far, so a category that is
-                # substantial in the whole batch survives with its count nearly exact.
+                # A pruned category held at most 1/5,000 of the rows seen so far, so one that makes up a
+                # substantial share of the whole batch survives with its count nearly exact.
                 self.unknown = self.unknown.nlargest(MAX_TRACKED_NEW_CATEGORIES // 2)
 
 
@@ -639,26 +640,32 @@ def _counter(profile: Profile) -> _NumericCounter | _CategoricalCounter:
 # ------------------------------------------------------------------------------------------- statistics
 
 
-def _chi_square(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+def _chi_square(reference: np.ndarray, current: np.ndarray, *, last_is_other: bool = False) -> tuple[float, float]:
     """Chi-square homogeneity test of two count vectors, pooling cells until expected counts are >= 5.
 
     Cells are pooled smallest first: a category seen in only one sample, or a handful of times, then
     cannot decide the test on its own (the p = 0 that scipy's defaults give for it is a known false alarm).
+    With `last_is_other`, the last cell holds the categories the reference did not record and is always
+    pooled: which categories it holds was decided by the reference counts alone.
     """
     table = np.vstack((reference, current)).astype(np.float64)
+    pooled = table[:, -1] if last_is_other else np.zeros(2)
+    if last_is_other:
+        table = table[:, :-1]
     table = table[:, table.sum(axis=0) > 0]
-    row_totals = table.sum(axis=1)
-    if table.shape[1] < 2 or row_totals.min() == 0:
+    row_totals = table.sum(axis=1) + pooled
+    if row_totals.min() == 0:
         return 0.0, 1.0
     needed = MIN_EXPECTED_COUNT * row_totals.sum() / row_totals.min()
     table = table[:, np.argsort(-table.sum(axis=0), kind="stable")]
-    column_totals = table.sum(axis=0)
-    enough = int(np.searchsorted(-column_totals, -needed, side="right"))
-    if enough < table.shape[1]:
-        pooled = table[:, enough:].sum(axis=1, keepdims=True)
-        table = np.hstack((table[:, :enough], pooled))
-        if pooled.sum() < needed and table.shape[1] > 2:
-            table = np.hstack((table[:, :-2], table[:, -2:].sum(axis=1, keepdims=True)))
+    enough = int(np.searchsorted(-table.sum(axis=0), -needed, side="right"))
+    pooled = pooled + table[:, enough:].sum(axis=1)
+    table = table[:, :enough]
+    if pooled.sum() > 0:
+        if pooled.sum() < needed and table.shape[1] > 1:
+            pooled = pooled + table[:, -1]
+            table = table[:, :-1]
+        table = np.hstack((table, pooled[:, None]))
     if table.shape[1] < 2:
         return 0.0, 1.0
     statistic, p_value, _, _ = stats.chi2_contingency(table, correction=False)
@@ -698,6 +705,7 @@ def _missing_rule(
 
 
 def _empty_row(column: str, profile: Profile, counter: Any) -> dict[str, Any]:
+    current_total = counter.n + counter.n_missing
     return {
         "column": column,
         "kind": profile.kind,
@@ -712,7 +720,7 @@ def _empty_row(column: str, profile: Profile, counter: Any) -> dict[str, Any]:
         "n_reference": profile.n,
         "n_current": counter.n,
         "missing_reference": profile.missing_share,
-        "missing_current": counter.n_missing / (counter.n + counter.n_missing) if counter.n + counter.n_missing else 0.0,
+        "missing_current": counter.n_missing / current_total if current_total else 0.0,
     }
 
 
@@ -736,11 +744,14 @@ def _compare_numeric(column: str, profile: NumericProfile, counter: _NumericCoun
             if p_value < limits.p_value:
                 reasons.append(f"ks p={p_value:.2g} < {limits.p_value:g}")
         else:
-            _, p_value = _chi_square(profile.counts, counter.counts)
+            # The bins miss a shift that stays inside one bin (a constant reference, say) and the KS test on
+            # the small reference sample misses small shifts on big batches: either may say "not noise".
+            _, binned_p = _chi_square(profile.counts, counter.counts)
+            p_value = min(1.0, 2 * min(binned_p, counter.ks()[1]))
             row.update(method="wasserstein", statistic=normalised, threshold=limits.wasserstein, p_value=p_value)
             if p_value < limits.p_value:
                 if normalised >= limits.wasserstein:
-                    reasons.append(f"wasserstein {normalised:.3g} >= {limits.wasserstein:g} std")
+                    reasons.append(f"normalised wasserstein {normalised:.3g} >= {limits.wasserstein:g}")
                 if psi >= limits.psi:
                     reasons.append(f"psi {psi:.3g} >= {limits.psi:g}")
     missing = _missing_rule(profile.n_missing, profile.n + profile.n_missing, counter.n_missing,
@@ -757,11 +768,28 @@ def _new_categories(profile: CategoricalProfile, counter: _CategoricalCounter, l
     candidates = counter.unknown[counter.unknown / counter.n >= limits.new_category_share]
     if candidates.empty:
         return []
-    # The most a pooled reference category could have had; 1/n for a reference that pooled nothing.
+    # The largest share an unrecorded reference category had; 1/n when the reference recorded them all.
     ceiling = max(profile.max_other_share, 1.0 / max(profile.n, 1))
     p_values = stats.binom.sf(candidates.to_numpy() - 1, counter.n, ceiling)
     flagged = candidates[p_values < limits.p_value].sort_values(ascending=False)
     return [f"new category {label!r} is {count / counter.n:.1%} of the batch" for label, count in flagged.items()]
+
+
+def _pool_rare_categories(
+    reference: np.ndarray, current: np.ndarray, rare_share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pool categories (the last count is "other") that are rare in both samples into "other".
+
+    Rarity is judged on the average of the two distributions, so neither sample decides alone; a long
+    tail of small categories otherwise adds noise to the Jensen-Shannon distance and the PSI.
+    """
+    mixture = (reference / reference.sum() + current / current.sum()) / 2
+    rare = mixture < rare_share
+    rare[-1] = True
+    return (
+        np.append(reference[~rare], reference[rare].sum()),
+        np.append(current[~rare], current[rare].sum()),
+    )
 
 
 def _compare_categorical(
@@ -772,9 +800,11 @@ def _compare_categorical(
     if profile.n and counter.n:
         reference = np.append(profile.counts, profile.other_count)
         current = np.append(counter.counts, counter.other_count)
+        statistic, p_value = _chi_square(reference, current, last_is_other=True)
+        reference, current = _pool_rare_categories(reference, current, limits.rare_category_share)
         row["psi"] = psi = _psi(reference, current)
-        row["distance"] = js = float(distance.jensenshannon(reference / reference.sum(), current / current.sum(), base=2))
-        statistic, p_value = _chi_square(reference, current)
+        js = distance.jensenshannon(reference / reference.sum(), current / current.sum(), base=2)
+        row["distance"] = js = float(js)
         if min(profile.n, counter.n) <= limits.small_sample:
             row.update(method="chi_square", statistic=statistic, threshold=limits.p_value, p_value=p_value)
             if p_value < limits.p_value:
@@ -890,7 +920,9 @@ def detect(
     prediction_counter = prediction_column = None
     if predictions is not None:
         if baseline.prediction is None:
-            raise ValueError("predictions: the baseline has no prediction distribution (pass predictions= to build_baseline)")
+            raise ValueError(
+                "predictions: the baseline has no prediction distribution (pass predictions= to build_baseline)"
+            )
         prediction_counter = _counter(baseline.prediction)
         if isinstance(predictions, str):
             prediction_column = predictions

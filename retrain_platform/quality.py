@@ -102,8 +102,13 @@ def training_data_suite(
     now: pd.Timestamp,
     allowed_categories: dict[str, list] | None = None,
     numeric_ranges: dict[str, tuple[float, float]] | None = None,
+    labels_required: bool = True,
+    min_rows: int | None = None,
 ) -> ExpectationSuite:
     """The expectations a customer's training data must meet before a model is trained on it.
+
+    With `labels_required=False` and `min_rows=1` the same suite guards an inference batch, whose labels
+    may come later.
 
     Validate the frame returned by `prepare_for_validation`, not the raw frame: the timestamp
     checks rely on timestamps being parsed (unparseable ones become NaT and fail the not-null rule)
@@ -127,14 +132,17 @@ def training_data_suite(
             raise ValueError(f"{argument}: {unknown} are not columns of the spec for {spec.customer!r}")
 
     expectations: list = [gxe.ExpectColumnToExist(column=column) for column in columns]
-    expectations.append(gxe.ExpectTableRowCountToBeBetween(min_value=spec.min_training_rows))
+    expectations.append(
+        gxe.ExpectTableRowCountToBeBetween(min_value=spec.min_training_rows if min_rows is None else min_rows)
+    )
     numeric_columns = spec.numeric_features + ([spec.label_column] if spec.task == "regression" else [])
     expectations += [
         gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=list(NUMERIC_TYPE_NAMES))
         for column in numeric_columns
     ]
+    if labels_required:
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.label_column))
     expectations += [
-        gxe.ExpectColumnValuesToNotBeNull(column=spec.label_column),
         gxe.ExpectColumnValuesToNotBeNull(column=spec.timestamp_column),
         gxe.ExpectColumnValuesToBeBetween(column=spec.timestamp_column, max_value=_naive_utc(now)),
     ]
@@ -148,7 +156,8 @@ def training_data_suite(
         expectations.append(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(values), mostly=mostly))
     for column, (low, high) in numeric_ranges.items():
         expectations.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
-    return gx.ExpectationSuite(name=f"training_data_{spec.customer}", expectations=expectations)
+    purpose = "training_data" if labels_required else "inference_batch"
+    return gx.ExpectationSuite(name=f"{purpose}_{spec.customer}", expectations=expectations)
 
 
 def features_suite(feature_names: list[str]) -> ExpectationSuite:

@@ -73,6 +73,7 @@ class Home:
         os.environ["DAGSTER_HOME"] = str(self.dagster_home)
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def environment() -> str:

@@ -7,7 +7,7 @@ say (feature kinds, the task, the primary metric) is inferred from the data by `
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -96,6 +96,10 @@ class CustomerSpec(BaseModel):
     training_window_days: int = Field(default=365, ge=1)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     min_training_rows: int = Field(default=200, ge=10)
+    drift_thresholds: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of retrain_platform.drift.DriftThresholds, including per_feature ones",
+    )
     mode: Mode = "auto"
 
     @field_validator("customer")

@@ -442,7 +442,7 @@ training_checks = [training_data_quality, features_are_finite, champion_serves_a
 
 train_customer = dg.define_asset_job(
     "train_customer",
-    selection=dg.AssetSelection.assets(*training_assets),
+    selection=dg.AssetSelection.groups("training"),
     partitions_def=customers,
     description="Snapshot, featurise, train, evaluate and deploy one customer's model.",
 )

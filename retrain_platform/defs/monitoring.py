@@ -1,0 +1,268 @@
+"""Watching: the drift baseline captured at training time, and each inference batch scored and measured."""
+
+import base64
+import io
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from retrain_platform import customers as customer_store
+from retrain_platform import drift, monitoring, quality
+from retrain_platform.defs.partitions import batches, customers
+from retrain_platform.defs.resources import MlflowRegistry
+from retrain_platform.defs.training import WAREHOUSE_RETRY, TrainedModels, WarehouseProvider
+from retrain_platform.ingest import split_batch_partition_key
+from retrain_platform.modelling import FeatureSet
+from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry
+from retrain_platform.spec import CustomerSpec
+
+BASELINE_ARTIFACT = "drift_baseline.json"
+INFERENCE_BATCH_QUALITY = "inference_batch_quality"
+
+
+class BatchConfig(dg.Config):
+    """Rows per chunk: bounds memory whatever the batch size."""
+
+    chunk_rows: int = 250_000
+
+
+@dg.asset(partitions_def=customers, group_name="training", kinds={"mlflow"}, retry_policy=WAREHOUSE_RETRY)
+def drift_baseline(
+    registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
+) -> dg.MaterializeResult:
+    """The reference distribution of every feature, of the challenger's predictions and of the label on the
+    training rows, kept as a few kilobytes of JSON with the model version, so measuring drift on a batch
+    never needs the training data again."""
+    spec = features.spec
+    predictions, prediction_kind = monitoring.baseline_predictions(candidate_models.pipeline, features.X_train, spec.task)
+    baseline = drift.build_baseline(
+        features.X_train,
+        spec.kinds,
+        predictions=predictions,
+        prediction_kind=prediction_kind,
+        labels=features.y_train if spec.task == "regression" else features.y_train.astype(str),
+        label_kind="numeric" if spec.task == "regression" else "categorical",
+        thresholds=spec.drift_thresholds or None,
+    )
+    payload = baseline.to_dict()
+    registry.get_registry().log_dict(candidate_models.challenger_run_id, payload, BASELINE_ARTIFACT)
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": candidate_models.challenger_version,
+            "reference_rows": dg.MetadataValue.int(baseline.n_rows),
+            "size_kb": dg.MetadataValue.float(round(len(baseline.to_json()) / 1024, 1)),
+            "features": dg.MetadataValue.int(len(baseline.features)),
+        }
+    )
+
+
+def _batch(context) -> tuple[str, str]:
+    return split_batch_partition_key(context.partition_key)
+
+
+def _load_models(models: ModelRegistry, spec: CustomerSpec) -> dict[str, tuple[str, Any]]:
+    loaded = {}
+    champion = models.alias_version(spec.model_name, CHAMPION)
+    challenger = models.alias_version(spec.model_name, CHALLENGER)
+    if champion is not None:
+        loaded[monitoring.CHAMPION_ROLE] = (champion, models.load(spec.model_name, champion))
+    if challenger is not None and challenger != champion:
+        loaded[monitoring.CHALLENGER_ROLE] = (challenger, models.load(spec.model_name, challenger))
+    return loaded
+
+
+@dg.asset(partitions_def=batches, group_name="monitoring", kinds={"pandas"}, retry_policy=WAREHOUSE_RETRY)
+def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]) -> dg.MaterializeResult:
+    """One ingested batch of a customer's rows, as landed; labels may arrive for it later."""
+    customer, batch_id = _batch(context)
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    counts = db.query(
+        f'select count(*) as n, count("{spec.label_column}") as labelled, min("{spec.timestamp_column}") as first, '
+        f'max("{spec.timestamp_column}") as last from "{spec.landing_table}" where batch_id = ?',
+        [batch_id],
+    ).iloc[0]
+    if int(counts["n"]) == 0:
+        raise dg.Failure(f"batch {batch_id!r} of {customer!r} has no rows in {spec.landing_table}")
+    return dg.MaterializeResult(
+        metadata={
+            "customer": customer,
+            "rows": dg.MetadataValue.int(int(counts["n"])),
+            "labelled_rows": dg.MetadataValue.int(int(counts["labelled"])),
+            "time_range": f"{counts['first']} .. {counts['last']}",
+        }
+    )
+
+
+@dg.asset_check(asset=inference_batch, name=INFERENCE_BATCH_QUALITY, blocking=True, partitions_def=batches)
+def inference_batch_quality(
+    context: dg.AssetCheckExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
+) -> dg.AssetCheckResult:
+    """The training suite without the label rule: schema and types, categories and ranges, unique ids,
+    timestamps that parse and are not in the future. A failing batch is kept but never scored."""
+    customer, batch_id = _batch(context)
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    rows = db.query(f'select * from "{spec.landing_table}" where batch_id = ?', [batch_id])
+    suite = quality.training_data_suite(
+        spec,
+        now=pd.Timestamp.now(tz="UTC").tz_localize(None),
+        allowed_categories={k: v for k, v in spec.allowed_categories.items() if k != spec.label_column} or None,
+        numeric_ranges=spec.numeric_ranges or None,
+        labels_required=False,
+        min_rows=1,
+    )
+    result = quality.validate(quality.prepare_for_validation(rows, spec), suite)
+    return dg.AssetCheckResult(
+        passed=result.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=result.summary(),
+        metadata=result.to_metadata(),
+    )
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="monitoring",
+    kinds={"scikit-learn", "mlflow"},
+    deps=[inference_batch],
+    retry_policy=WAREHOUSE_RETRY,
+)
+def batch_predictions(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+) -> dg.MaterializeResult:
+    """The batch scored by the champion and, in shadow, by the challenger, with the registered pipelines.
+    Re-running a batch replaces its predictions."""
+    customer, batch_id = _batch(context)
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    models = _load_models(registry.get_registry(), spec)
+    if monitoring.CHAMPION_ROLE not in models:
+        raise dg.Failure(f"{customer} has no champion yet: train (and approve) a model before scoring")
+    scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows)
+    metadata: dict[str, Any] = {
+        "rows": dg.MetadataValue.int(scored.rows),
+        "labelled_rows": dg.MetadataValue.int(scored.labelled_rows),
+    }
+    for role, version in scored.versions.items():
+        metadata[f"{role}_version"] = version
+        metadata[f"{role}_mean_score"] = dg.MetadataValue.float(scored.mean_score[role])
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="monitoring",
+    kinds={"scipy"},
+    deps=[batch_predictions],
+    retry_policy=WAREHOUSE_RETRY,
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+) -> dg.MaterializeResult:
+    """Per feature: the test or distance used, its value, the threshold and the verdict; the share of drifted
+    features and the dataset verdict; drift of the champion's predictions; the realized metrics of the
+    champion and the shadow challenger on labelled rows, and a label-free estimate of the champion's."""
+    customer, batch_id = _batch(context)
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    models_registry = registry.get_registry()
+    versions = monitoring.scored_versions(db, customer, batch_id)
+    if monitoring.CHAMPION_ROLE not in versions:
+        raise dg.Failure(f"batch {batch_id} of {customer} has not been scored: materialize batch_predictions first")
+    models = {role: (version, models_registry.load(spec.model_name, version)) for role, version in versions.items()}
+    run_id = models_registry.version_run_id(spec.model_name, versions[monitoring.CHAMPION_ROLE])
+    baseline = drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
+    report = monitoring.measure_batch(db, spec, batch_id, baseline, models, chunk_rows=config.chunk_rows)
+    monitoring.store_report(db, spec, batch_id, report, versions)
+
+    columns = report.drift.columns
+    metadata: dict[str, Any] = {
+        "customer": customer,
+        "dataset_drifted": dg.MetadataValue.bool(bool(report.drift.dataset_drifted)),
+        "drift_share": dg.MetadataValue.float(float(report.drift.drift_share)),
+        "drifted_columns": ", ".join(report.drift.drifted_columns) or "none",
+        "labelled_rows": dg.MetadataValue.int(report.labelled_rows),
+        "features": dg.MetadataValue.md(_drift_table(columns)),
+    }
+    for row in columns.itertuples():
+        metadata[f"statistic/{row.column}"] = dg.MetadataValue.float(_finite(row.statistic))
+    if report.drift.prediction_drift is not None:
+        prediction = report.drift.prediction_drift
+        metadata["prediction_drifted"] = dg.MetadataValue.bool(bool(prediction["drifted"]))
+        metadata["prediction_statistic"] = dg.MetadataValue.float(_finite(prediction["statistic"]))
+    for name, value in report.estimated.items():
+        metadata[f"estimated_{name}"] = dg.MetadataValue.float(_finite(value))
+    for role, metrics in report.realized.items():
+        metadata[f"realized_{role}_{spec.primary_metric}"] = dg.MetadataValue.float(_finite(metrics[spec.primary_metric]))
+    history = monitoring.metric_history(db, customer, spec.primary_metric)
+    metadata["chart"] = dg.MetadataValue.md(_chart(columns, history, spec.primary_metric, batch_id))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _finite(value: Any) -> float:
+    value = float(value) if value is not None else float("nan")
+    return value if np.isfinite(value) else float("nan")
+
+
+def _drift_table(columns: pd.DataFrame) -> str:
+    shown = columns[["column", "method", "statistic", "threshold", "drifted"]].copy()
+    shown["statistic"] = shown["statistic"].map(lambda v: f"{v:.4g}")
+    shown["threshold"] = shown["threshold"].map(lambda v: f"{v:.4g}")
+    return shown.to_markdown(index=False)
+
+
+def _chart(columns: pd.DataFrame, history: pd.DataFrame, metric: str, batch_id: str) -> str:
+    """Drift per feature and the estimated vs realized metric over batches, as an inline PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), dpi=80)
+    # One scale for every method: 1 is the threshold (p-value tests: threshold / p; distances: value / threshold).
+    tested = columns["method"].isin(["ks", "chi_square"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(
+            tested,
+            columns["threshold"] / columns["p_value"].astype(float),
+            columns["statistic"] / columns["threshold"],
+        )
+    score = np.clip(np.nan_to_num(score.astype(float), nan=0.0, posinf=3.0), 0.0, 3.0)
+    left.barh(columns["column"], score, color=np.where(columns["drifted"], "#d62728", "#1f77b4"))
+    left.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    left.set_title(f"drift per feature, batch {batch_id} (1 = threshold)", fontsize=9)
+    left.tick_params(labelsize=7)
+    for kind, style in (("realized", "o-"), ("estimated", "s--")):
+        points = history[history["kind"] == kind]
+        if len(points):
+            right.plot(points["batch_id"], points["value"], style, label=kind)
+    right.set_title(f"champion {metric} over batches", fontsize=9)
+    right.tick_params(labelsize=7, rotation=30)
+    if len(history):
+        right.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return f"![drift report](data:image/png;base64,{encoded})"
+
+
+monitoring_assets = [inference_batch, batch_predictions, drift_report]
+monitoring_checks = [inference_batch_quality]
+
+monitor_batch = dg.define_asset_job(
+    "monitor_batch",
+    selection=dg.AssetSelection.assets(*monitoring_assets),
+    partitions_def=batches,
+    description="Check, score and measure one ingested batch.",
+)

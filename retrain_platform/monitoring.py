@@ -1,0 +1,239 @@
+"""Scoring batches and measuring them: predictions, drift and realized or estimated performance.
+
+Everything here works chunk by chunk, so a batch of ten million rows is scored and compared with the
+baseline in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain_platform import drift, performance
+from retrain_platform.evaluation import ModelOutput, compute_metrics
+from retrain_platform.ingest import BATCH_COLUMN
+from retrain_platform.spec import CustomerSpec
+from retrain_platform.warehouse import Warehouse, quote
+
+PREDICTIONS_TABLE = "batch_predictions"
+DRIFT_TABLE = "drift_statistics"
+METRICS_TABLE = "batch_metrics"
+SCORE = "score"
+CHAMPION_ROLE = "champion"
+CHALLENGER_ROLE = "challenger"
+
+
+def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """What a model says about each row: (prediction, score). The score is the positive-class probability
+    for a binary task, the top-class probability for multiclass, and the predicted value for regression."""
+    if task == "regression":
+        values = np.asarray(pipeline.predict(frame), dtype=float)
+        return values, values
+    proba = np.asarray(pipeline.predict_proba(frame), dtype=float)
+    classes = np.asarray(pipeline.classes_)
+    predicted = classes[np.argmax(proba, axis=1)]
+    score = proba[:, 1] if task == "binary" else proba.max(axis=1)
+    return predicted, score
+
+
+def baseline_predictions(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, str]:
+    """The prediction distribution a baseline keeps: scores for binary and regression, classes for multiclass."""
+    predicted, score = prediction_scores(pipeline, frame, task)
+    if task == "multiclass":
+        return predicted.astype(str), "categorical"
+    return score, "numeric"
+
+
+def batch_rows(warehouse: Warehouse, spec: CustomerSpec, batch_id: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    sql = (
+        f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = ? "
+        f"order by {quote(spec.timestamp_column)}"
+    )
+    yield from warehouse.query_chunks(sql, [batch_id], chunk_rows)
+
+
+@dataclass
+class ScoredBatch:
+    rows: int
+    labelled_rows: int
+    versions: dict[str, str]
+    mean_score: dict[str, float]
+
+
+def score_batch(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    batch_id: str,
+    models: dict[str, tuple[str, Any]],
+    chunk_rows: int = 250_000,
+) -> ScoredBatch:
+    """Score every row of a batch with each model (role -> (version, pipeline)) and replace the batch's
+    stored predictions, so re-running a batch never duplicates them."""
+    warehouse.delete_where(PREDICTIONS_TABLE, {"customer": spec.customer, "batch_id": batch_id})
+    rows = labelled = 0
+    sums = {role: 0.0 for role in models}
+    for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
+        rows += len(chunk)
+        labelled += int(chunk[spec.label_column].notna().sum())
+        row_ids = chunk[spec.id_column].astype(str) if spec.id_column else chunk.index.astype(str)
+        parts = []
+        for role, (version, pipeline) in models.items():
+            predicted, score = prediction_scores(pipeline, chunk[spec.feature_names], spec.task)
+            sums[role] += float(score.sum())
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "customer": spec.customer,
+                        "batch_id": batch_id,
+                        "row_id": row_ids.to_numpy(),
+                        "model_role": role,
+                        "model_version": str(version),
+                        "prediction": pd.Series(predicted).astype(str).to_numpy(),
+                        SCORE: score,
+                    }
+                )
+            )
+        if parts:
+            warehouse.write(PREDICTIONS_TABLE, pd.concat(parts, ignore_index=True))
+    return ScoredBatch(
+        rows=rows,
+        labelled_rows=labelled,
+        versions={role: str(version) for role, (version, _) in models.items()},
+        mean_score={role: total / rows if rows else float("nan") for role, total in sums.items()},
+    )
+
+
+def scored_versions(warehouse: Warehouse, customer: str, batch_id: str) -> dict[str, str]:
+    """Which model version scored a batch in each role."""
+    if not warehouse.table_exists(PREDICTIONS_TABLE):
+        return {}
+    frame = warehouse.query(
+        f"select distinct model_role, model_version from {quote(PREDICTIONS_TABLE)} where customer = ? and batch_id = ?",
+        [customer, batch_id],
+    )
+    return dict(zip(frame["model_role"], frame["model_version"]))
+
+
+@dataclass
+class BatchReport:
+    drift: drift.DriftResult
+    realized: dict[str, dict[str, float]]
+    estimated: dict[str, float]
+    labelled_rows: int
+    rows: int
+
+
+def measure_batch(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    batch_id: str,
+    baseline: drift.Baseline,
+    models: dict[str, tuple[str, Any]],
+    chunk_rows: int = 250_000,
+) -> BatchReport:
+    """Drift of every feature and of the champion's predictions, the label-free estimate of the champion's
+    performance, and the realized metrics of each model on the rows whose labels have arrived."""
+    labels: list[np.ndarray] = []
+    outputs: dict[str, list[ModelOutput]] = {role: [] for role in models}
+    estimate_scores: list[np.ndarray] = []
+    champion = models.get(CHAMPION_ROLE)
+
+    def chunks() -> Iterable[pd.DataFrame]:
+        # Only the labels and the models' outputs on labelled rows are kept, never the rows themselves.
+        for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
+            if champion is not None:
+                if spec.task == "regression":
+                    chunk = chunk.assign(**{SCORE: champion[1].predict(chunk[spec.feature_names])})
+                else:
+                    proba = champion[1].predict_proba(chunk[spec.feature_names])
+                    estimate_scores.append(proba[:, 1] if spec.task == "binary" else proba)
+                    if spec.task == "binary":
+                        chunk = chunk.assign(**{SCORE: proba[:, 1]})
+                    else:
+                        classes = np.asarray(champion[1].classes_)
+                        chunk = chunk.assign(**{SCORE: classes[np.argmax(proba, axis=1)].astype(str)})
+            labelled = chunk[chunk[spec.label_column].notna()]
+            if len(labelled):
+                y = labelled[spec.label_column].to_numpy()
+                labels.append(y.astype(float) if spec.task == "regression" else y)
+                for role, (_, pipeline) in models.items():
+                    outputs[role].append(ModelOutput.from_estimator(pipeline, labelled[spec.feature_names], spec.task))
+            yield chunk
+
+    result = drift.detect(baseline, chunks(), predictions=SCORE if champion is not None else None)
+    realized: dict[str, dict[str, float]] = {}
+    labelled_rows = int(sum(len(y) for y in labels))
+    if labelled_rows:
+        y_true = np.concatenate(labels)
+        for role, parts in outputs.items():
+            realized[role] = compute_metrics(spec.task, y_true, _concat_outputs(parts))
+    estimated: dict[str, float] = {}
+    if estimate_scores:
+        scores = np.concatenate(estimate_scores)
+        estimated["accuracy"] = performance.estimate_accuracy(scores)
+        if spec.task == "binary":
+            estimated["roc_auc"] = performance.estimate_roc_auc(scores)
+            estimated["f1"] = performance.estimate_f1(scores)
+    return BatchReport(
+        drift=result,
+        realized=realized,
+        estimated=estimated,
+        labelled_rows=labelled_rows,
+        rows=result.n_rows,
+    )
+
+
+def _concat_outputs(parts: list[ModelOutput]) -> ModelOutput:
+    first = parts[0]
+    if first.proba is None:
+        return ModelOutput.from_values(np.concatenate([p.y_pred for p in parts]))
+    return ModelOutput(
+        y_pred=np.concatenate([p.y_pred for p in parts]),
+        proba=np.vstack([p.proba for p in parts]),
+        classes=first.classes,
+    )
+
+
+def store_report(warehouse: Warehouse, spec: CustomerSpec, batch_id: str, report: BatchReport, versions: dict[str, str]) -> None:
+    """Every raw statistic, per customer x batch x column, and every metric, in tables a dashboard can query."""
+    key = {"customer": spec.customer, "batch_id": batch_id}
+    columns = report.drift.columns.copy()
+    if report.drift.prediction_drift is not None:
+        columns = pd.concat([columns, pd.DataFrame([report.drift.prediction_drift])], ignore_index=True)
+    columns = columns.assign(**key, model_version=versions.get(CHAMPION_ROLE))
+    for name in columns.columns:
+        if columns[name].dtype == object:
+            columns[name] = columns[name].astype("string")
+    warehouse.write(DRIFT_TABLE, columns, replace_where=key)
+
+    rows = []
+    for role, metrics in report.realized.items():
+        rows += [
+            {"model_role": role, "model_version": versions.get(role), "kind": "realized", "metric": m, "value": v}
+            for m, v in metrics.items()
+        ]
+    rows += [
+        {"model_role": CHAMPION_ROLE, "model_version": versions.get(CHAMPION_ROLE), "kind": "estimated", "metric": m, "value": v}
+        for m, v in report.estimated.items()
+    ]
+    frame = pd.DataFrame(rows, columns=["model_role", "model_version", "kind", "metric", "value"])
+    frame = frame.assign(**key, labelled_rows=report.labelled_rows, rows=report.rows)
+    frame["value"] = frame["value"].astype(float)
+    warehouse.delete_where(METRICS_TABLE, key)
+    if len(frame):
+        warehouse.write(METRICS_TABLE, frame)
+
+
+def metric_history(warehouse: Warehouse, customer: str, metric: str) -> pd.DataFrame:
+    """The champion's realized and estimated `metric` over the customer's batches, oldest first."""
+    if not warehouse.table_exists(METRICS_TABLE):
+        return pd.DataFrame(columns=["batch_id", "kind", "value"])
+    return warehouse.query(
+        f"select batch_id, kind, value from {quote(METRICS_TABLE)} "
+        "where customer = ? and metric = ? and model_role = ? order by batch_id",
+        [customer, metric, CHAMPION_ROLE],
+    )
