@@ -168,7 +168,7 @@ def drift_summary(warehouse) -> str:
     if not warehouse.table_exists(DRIFT_TABLE):
         return "no batch measured yet"
     frame = warehouse.query(
-        f'select customer, batch_id, "column", drifted from "{DRIFT_TABLE}" order by customer, batch_id'
+        f'select "customer", "batch_id", "column", "drifted" from "{DRIFT_TABLE}" order by "customer", "batch_id"'
     )
     frame["drifted"] = frame["drifted"].astype(str).str.lower().isin(["true", "1"])
     features = frame[frame["column"] != "__prediction__"]

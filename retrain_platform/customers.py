@@ -32,7 +32,7 @@ def load_spec(warehouse: Warehouse, customer: str) -> CustomerSpec:
     validate_customer_id(customer)
     if not warehouse.table_exists(SPECS_TABLE):
         raise UnknownCustomerError(f"unknown customer {customer!r}: no customer has been set up yet")
-    rows = warehouse.query(f"select spec_json from {quote(SPECS_TABLE)} where customer = ?", [customer])
+    rows = warehouse.query(f'select "spec_json" from {quote(SPECS_TABLE)} where "customer" = ?', [customer])
     if rows.empty:
         raise UnknownCustomerError(f"unknown customer {customer!r}")
     return parse_spec(json.loads(rows.iloc[0, 0]))
@@ -41,7 +41,7 @@ def load_spec(warehouse: Warehouse, customer: str) -> CustomerSpec:
 def list_specs(warehouse: Warehouse) -> list[CustomerSpec]:
     if not warehouse.table_exists(SPECS_TABLE):
         return []
-    rows = warehouse.query(f"select spec_json from {quote(SPECS_TABLE)} order by customer")
+    rows = warehouse.query(f'select "spec_json" from {quote(SPECS_TABLE)} order by "customer"')
     return [parse_spec(json.loads(text)) for text in rows["spec_json"]]
 
 

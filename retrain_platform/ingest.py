@@ -182,16 +182,16 @@ def _merge_labels(warehouse: Warehouse, spec: CustomerSpec, labels: pd.DataFrame
     landing, key, label = quote(spec.landing_table), quote(spec.id_column), quote(spec.label_column)
     warehouse.write(staging, labels.assign(customer=spec.customer), replace_where={"customer": spec.customer})
     affected = warehouse.query(
-        f"select distinct l.{quote(BATCH_COLUMN)} as batch_id from {landing} l join {quote(staging)} s "
-        f"on l.{key} = s.{key} where s.customer = ?",
+        f'select distinct l.{quote(BATCH_COLUMN)} as "batch_id" from {landing} l join {quote(staging)} s '
+        f'on l.{key} = s.{key} where s."customer" = ?',
         [spec.customer],
     )
     warehouse.execute(
         f"update {landing} set {label} = s.{label} from {quote(staging)} s "
-        f"where {landing}.{key} = s.{key} and s.customer = ?",
+        f'where {landing}.{key} = s.{key} and s."customer" = ?',
         [spec.customer],
     )
-    warehouse.execute(f"delete from {quote(staging)} where customer = ?", [spec.customer])
+    warehouse.delete_where(staging, {"customer": spec.customer})
     return sorted(str(b) for b in affected["batch_id"].dropna())
 
 
@@ -201,7 +201,7 @@ def batch_ids(warehouse: Warehouse, spec: CustomerSpec) -> list[str]:
     if not warehouse.table_exists(table) or BATCH_COLUMN not in warehouse.columns(table):
         return []
     frame = warehouse.query(
-        f"select {quote(BATCH_COLUMN)} as batch_id, min({quote(spec.timestamp_column)}) as first_seen "
+        f'select {quote(BATCH_COLUMN)} as "batch_id", min({quote(spec.timestamp_column)}) as "first_seen" '
         f"from {quote(table)} where {quote(BATCH_COLUMN)} is not null and {quote(BATCH_COLUMN)} <> ? "
         f"group by 1 order by 2, 1",
         [HISTORY_BATCH],

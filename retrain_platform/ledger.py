@@ -62,6 +62,6 @@ def history(warehouse: Warehouse, customer: str | None = None) -> pd.DataFrame:
     sql = f"select * from {quote(LEDGER_TABLE)}"
     params: list[str] = []
     if customer is not None:
-        sql += " where customer = ?"
+        sql += ' where "customer" = ?'
         params.append(customer)
-    return warehouse.query(sql + " order by recorded_at", params)
+    return warehouse.query(sql + ' order by "recorded_at"', params)

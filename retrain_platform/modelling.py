@@ -119,14 +119,21 @@ class Candidate:
     cv_results: dict[str, list] = field(default_factory=dict)
 
 
-def coerce_types(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
-    """Give each feature the type its kind says: numbers as floats, categories as strings (missing kept)."""
-    prepared = frame.copy()
+def coerce_types(
+    frame: pd.DataFrame, numeric: list[str], categorical: list[str], columns: list[str] | None = None
+) -> pd.DataFrame:
+    """Select the features by name and give each the type its kind says: numbers as floats, categories as
+    strings (missing kept). Selecting by name means extra or reordered columns cannot shift values."""
+    prepared = frame[columns].copy() if columns is not None else frame.copy()
     for name in numeric:
         prepared[name] = pd.to_numeric(prepared[name], errors="coerce").astype("float64")
     for name in categorical:
         column = prepared[name]
-        prepared[name] = column.where(column.isna(), column.astype(str)).astype(object)
+        if pd.api.types.is_float_dtype(column) and bool((column.dropna() % 1 == 0).all()):
+            # Integer codes read back as floats (because of a NULL) must still match "10", not "10.0".
+            column = column.astype("Int64")
+        text = column.astype("string")
+        prepared[name] = text.astype(object).where(text.notna(), np.nan)
     return prepared
 
 
@@ -151,7 +158,11 @@ def build_preprocessor(spec: CustomerSpec) -> Pipeline:
     )
     types = FunctionTransformer(
         coerce_types,
-        kw_args={"numeric": spec.numeric_features, "categorical": spec.categorical_features},
+        kw_args={
+            "numeric": spec.numeric_features,
+            "categorical": spec.categorical_features,
+            "columns": spec.feature_names,
+        },
         feature_names_out="one-to-one",
     )
     return Pipeline([("types", types), ("columns", columns)])

@@ -112,7 +112,8 @@ def scored_versions(warehouse: Warehouse, customer: str, batch_id: str) -> dict[
     if not warehouse.table_exists(PREDICTIONS_TABLE):
         return {}
     frame = warehouse.query(
-        f"select distinct model_role, model_version from {quote(PREDICTIONS_TABLE)} where customer = ? and batch_id = ?",
+        f'select distinct "model_role", "model_version" from {quote(PREDICTIONS_TABLE)} '
+        'where "customer" = ? and "batch_id" = ?',
         [customer, batch_id],
     )
     return dict(zip(frame["model_role"], frame["model_version"]))
@@ -233,7 +234,7 @@ def metric_history(warehouse: Warehouse, customer: str, metric: str) -> pd.DataF
     if not warehouse.table_exists(METRICS_TABLE):
         return pd.DataFrame(columns=["batch_id", "kind", "value"])
     return warehouse.query(
-        f"select batch_id, kind, value from {quote(METRICS_TABLE)} "
-        "where customer = ? and metric = ? and model_role = ? order by batch_id",
+        f'select "batch_id", "kind", "value" from {quote(METRICS_TABLE)} '
+        'where "customer" = ? and "metric" = ? and "model_role" = ? order by "batch_id"',
         [customer, metric, CHAMPION_ROLE],
     )

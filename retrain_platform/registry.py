@@ -84,7 +84,9 @@ class ModelRegistry:
         import sklearn
 
         mlflow = self._activate()
-        with mlflow.start_run(run_name=name, nested=True, tags=tags) as run:
+        parent = mlflow.active_run()
+        experiment_id = parent.info.experiment_id if parent else None
+        with mlflow.start_run(run_name=name, nested=True, tags=tags, experiment_id=experiment_id) as run:
             mlflow.log_params({key: _param(value) for key, value in params.items()})
             mlflow.log_metrics({key: float(value) for key, value in metrics.items() if value == value})
             info = mlflow.sklearn.log_model(

@@ -32,7 +32,7 @@ class SpecError(ValueError):
 
 
 def validate_customer_id(customer: str) -> str:
-    if not isinstance(customer, str) or not CUSTOMER_ID_PATTERN.match(customer):
+    if not isinstance(customer, str) or not CUSTOMER_ID_PATTERN.fullmatch(customer):
         raise SpecError(
             f"invalid customer id {customer!r}: use 1 to 63 characters from a-z, 0-9, '_' and '-', "
             "starting with a letter or digit"
@@ -42,7 +42,7 @@ def validate_customer_id(customer: str) -> str:
 
 def validate_identifier(name: str, field: str) -> str:
     """Table and column names reach SQL, so only plain identifiers are accepted."""
-    if not isinstance(name, str) or not IDENTIFIER_PATTERN.match(name):
+    if not isinstance(name, str) or not IDENTIFIER_PATTERN.fullmatch(name):
         raise SpecError(f"{field}: {name!r} is not a plain identifier (letters, digits and '_')")
     return name
 
@@ -179,6 +179,7 @@ def parse_spec(data: dict) -> CustomerSpec:
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "spec"
             message = error["msg"].removeprefix("Value error, ")
+            message = message.removeprefix(f"{where}: ")
             problems.append(f"{where}: {message}")
         raise SpecError("invalid customer spec: " + "; ".join(problems)) from None
 

@@ -79,7 +79,9 @@ class Warehouse:
                     if batch.num_rows:
                         yield batch.to_pandas()
                 return
-            for frame in cursor.fetch_pandas_batches():
+            # fakesnow's cursor has no fetch_pandas_batches; the real connector streams with it.
+            batches = cursor.fetch_pandas_batches() if hasattr(cursor, "fetch_pandas_batches") else [cursor.fetch_pandas_all()]
+            for frame in batches:
                 for start in range(0, len(frame), chunk_rows):
                     yield frame.iloc[start : start + chunk_rows]
 

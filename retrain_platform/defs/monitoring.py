@@ -80,8 +80,8 @@ def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourcePar
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
     counts = db.query(
-        f'select count(*) as n, count("{spec.label_column}") as labelled, min("{spec.timestamp_column}") as first, '
-        f'max("{spec.timestamp_column}") as last from "{spec.landing_table}" where batch_id = ?',
+        f'select count(*) as "n", count("{spec.label_column}") as "labelled", min("{spec.timestamp_column}") as "first", '
+        f'max("{spec.timestamp_column}") as "last" from "{spec.landing_table}" where "batch_id" = ?',
         [batch_id],
     ).iloc[0]
     if int(counts["n"]) == 0:
@@ -105,7 +105,7 @@ def inference_batch_quality(
     customer, batch_id = _batch(context)
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
-    rows = db.query(f'select * from "{spec.landing_table}" where batch_id = ?', [batch_id])
+    rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
     suite = quality.training_data_suite(
         spec,
         now=pd.Timestamp.now(tz="UTC").tz_localize(None),

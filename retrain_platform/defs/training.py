@@ -116,7 +116,10 @@ def training_dataset(context: dg.AssetExecutionContext, warehouse: dg.ResourcePa
         elif len(previous):
             last = pd.to_datetime(previous[spec.timestamp_column], errors="coerce").max()
             new_rows = int((pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce") > last).sum())
-    db.write(table, snapshot.assign(customer=customer), replace_where={"customer": customer})
+    # The snapshot table is the customer's own: replacing it whole lets a column change type between loads,
+    # so that the quality check, not a conversion error, is what reports it.
+    db.execute(f'drop table if exists "{table}"')
+    db.write(table, snapshot.assign(customer=customer))
 
     digest = content_hash(snapshot)
     timestamps = pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce")
@@ -148,7 +151,7 @@ def training_data_quality(
     customer = context.partition_key
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
-    snapshot = db.query(f'select * from "{snapshot_table(customer)}" where customer = ?', [customer])
+    snapshot = db.query(f'select * from "{snapshot_table(customer)}" where "customer" = ?', [customer])
     suite = quality.training_data_suite(
         spec,
         now=pd.Timestamp.now(tz="UTC").tz_localize(None),
@@ -176,7 +179,7 @@ def features(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[Ware
     customer = context.partition_key
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
-    snapshot = db.query(f'select * from "{snapshot_table(customer)}" where customer = ?', [customer])
+    snapshot = db.query(f'select * from "{snapshot_table(customer)}" where "customer" = ?', [customer])
     snapshot[spec.timestamp_column] = pd.to_datetime(snapshot[spec.timestamp_column])
     feature_set = make_features(snapshot.drop(columns=["customer"]), spec)
     return dg.Output(
@@ -443,6 +446,5 @@ training_checks = [training_data_quality, features_are_finite, champion_serves_a
 train_customer = dg.define_asset_job(
     "train_customer",
     selection=dg.AssetSelection.groups("training"),
-    partitions_def=customers,
     description="Snapshot, featurise, train, evaluate and deploy one customer's model.",
 )
