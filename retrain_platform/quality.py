@@ -160,6 +160,25 @@ def training_data_suite(
     return gx.ExpectationSuite(name=f"{purpose}_{spec.customer}", expectations=expectations)
 
 
+def validate_customer_rows(
+    rows: pd.DataFrame, spec: CustomerSpec, *, now: pd.Timestamp, labels_required: bool = True
+) -> QualityResult:
+    """Validate training rows (or, without the label rule, an inference batch) against the spec's suite,
+    with the categories and ranges the spec declares."""
+    allowed = spec.allowed_categories
+    if not labels_required:
+        allowed = {column: values for column, values in allowed.items() if column != spec.label_column}
+    suite = training_data_suite(
+        spec,
+        now=now,
+        allowed_categories=allowed or None,
+        numeric_ranges=spec.numeric_ranges or None,
+        labels_required=labels_required,
+        min_rows=None if labels_required else 1,
+    )
+    return validate(prepare_for_validation(rows, spec), suite)
+
+
 def features_suite(feature_names: list[str]) -> ExpectationSuite:
     """The transformed feature matrix must hold every feature, with no NaN and no infinity."""
     import great_expectations as gx

@@ -12,7 +12,13 @@ from retrain_platform import customers as customer_store
 from retrain_platform import drift, monitoring, quality
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import MlflowRegistry
-from retrain_platform.defs.training import WAREHOUSE_RETRY, TrainedModels, WarehouseProvider
+from retrain_platform.defs.training import (
+    WAREHOUSE_RETRY,
+    TrainedModels,
+    WarehouseProvider,
+    blocking_check_result,
+    utc_now,
+)
 from retrain_platform.ingest import split_batch_partition_key
 from retrain_platform.modelling import FeatureSet
 from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry
@@ -106,21 +112,7 @@ def inference_batch_quality(
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
     rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
-    suite = quality.training_data_suite(
-        spec,
-        now=pd.Timestamp.now(tz="UTC").tz_localize(None),
-        allowed_categories={k: v for k, v in spec.allowed_categories.items() if k != spec.label_column} or None,
-        numeric_ranges=spec.numeric_ranges or None,
-        labels_required=False,
-        min_rows=1,
-    )
-    result = quality.validate(quality.prepare_for_validation(rows, spec), suite)
-    return dg.AssetCheckResult(
-        passed=result.success,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=result.summary(),
-        metadata=result.to_metadata(),
-    )
+    return blocking_check_result(quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False))
 
 
 @dg.asset(

@@ -78,6 +78,20 @@ def _spec(warehouse: WarehouseProvider, customer: str) -> CustomerSpec:
     return customer_store.load_spec(warehouse.get_warehouse(), customer)
 
 
+def utc_now() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+def blocking_check_result(result: quality.QualityResult) -> dg.AssetCheckResult:
+    """A failed suite is an ERROR: the run stops before anything downstream, and the UI names column and rule."""
+    return dg.AssetCheckResult(
+        passed=result.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=result.summary(),
+        metadata=result.to_metadata(),
+    )
+
+
 def _snapshot_window(landing: pd.DataFrame, spec: CustomerSpec) -> pd.DataFrame:
     """Labelled rows inside the training window, with every spec column kept raw for the quality checks."""
     columns = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
@@ -152,19 +166,7 @@ def training_data_quality(
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
     snapshot = db.query(f'select * from "{snapshot_table(customer)}" where "customer" = ?', [customer])
-    suite = quality.training_data_suite(
-        spec,
-        now=pd.Timestamp.now(tz="UTC").tz_localize(None),
-        allowed_categories=spec.allowed_categories or None,
-        numeric_ranges=spec.numeric_ranges or None,
-    )
-    result = quality.validate(quality.prepare_for_validation(snapshot, spec), suite)
-    return dg.AssetCheckResult(
-        passed=result.success,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=result.summary(),
-        metadata=result.to_metadata(),
-    )
+    return blocking_check_result(quality.validate_customer_rows(snapshot, spec, now=utc_now()))
 
 
 @dg.asset(
@@ -200,13 +202,7 @@ def features_are_finite(features: FeatureSet) -> dg.AssetCheckResult:
     """No NaN or infinity survives the fitted preprocessing, on the training rows or the holdout."""
     transformed = np.vstack([features.transform(features.train), features.transform(features.holdout)])
     frame = features.per_input_feature(transformed)
-    result = quality.validate(frame, quality.features_suite(list(frame.columns)))
-    return dg.AssetCheckResult(
-        passed=result.success,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=result.summary(),
-        metadata=result.to_metadata(),
-    )
+    return blocking_check_result(quality.validate(frame, quality.features_suite(list(frame.columns))))
 
 
 @dg.asset(
