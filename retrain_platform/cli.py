@@ -48,8 +48,10 @@ def _resources():
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def run_job(job_name: str, partition_key: str, run_config: dict | None = None, asset_selection=None):
-    """Run a job for one partition as a real run on the Dagster instance (it shows in the UI)."""
+def run_job(job_name: str, partition_key: str, run_config: dict | None = None, asset_selection=None, clock=None):
+    """Run a job for one partition as a real run on the Dagster instance (it shows in the UI).
+
+    `clock` (a `Clock` resource) replaces the real time, for the demo's simulated weeks."""
     import dagster as dg
 
     from retrain_platform.definitions import defs
@@ -61,14 +63,15 @@ def run_job(job_name: str, partition_key: str, run_config: dict | None = None, a
             partition_key=partition_key,
             run_config={**QUIET, **(run_config or {})},
             asset_selection=asset_selection,
+            resources={"clock": clock} if clock is not None else None,
             raise_on_error=False,
         )
 
 
-def run_training(customer: str, trigger: str = "manual"):
+def run_training(customer: str, trigger: str = "manual", clock=None):
     """Materialize the training chain for one customer."""
     config = {"ops": {name: {"config": {"trigger": trigger}} for name in ("candidate_models", "deployed_model")}}
-    return run_job("train_customer", customer, config)
+    return run_job("train_customer", customer, config, clock=clock)
 
 
 def add_partitions(name: str, keys: list[str]) -> None:
@@ -78,7 +81,9 @@ def add_partitions(name: str, keys: list[str]) -> None:
         instance.add_dynamic_partitions(name, keys)
 
 
-def ingest_and_monitor(warehouse, spec, frame, batch_id: str | None = None, monitor: bool = True) -> list[str]:
+def ingest_and_monitor(
+    warehouse, spec, frame, batch_id: str | None = None, monitor: bool = True, clock=None
+) -> list[str]:
     """Ingest a batch, then check, score and measure it; re-measure older batches whose labels arrived."""
     import dagster as dg
 
@@ -97,14 +102,14 @@ def ingest_and_monitor(warehouse, spec, frame, batch_id: str | None = None, moni
     if not monitor:
         return lines
     for key in new_keys:
-        result = run_job("monitor_batch", key)
+        result = run_job("monitor_batch", key, clock=clock)
         lines.append(f"  monitored {key}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
         if not result.success:
             raise CommandError(f"monitoring failed for batch {key}; the batch is kept, see run {result.run_id}")
     for key in relabelled:
         if key.endswith(".history"):
             continue
-        result = run_job("monitor_batch", key, asset_selection=[dg.AssetKey("drift_report")])
+        result = run_job("monitor_batch", key, asset_selection=[dg.AssetKey("drift_report")], clock=clock)
         lines.append(f"  re-measured {key} with its new labels: {'succeeded' if result.success else 'FAILED'}")
     return lines
 
@@ -116,7 +121,8 @@ def cmd_demo(args) -> int:
     import dagster as dg
 
     from retrain_platform import customers
-    from retrain_platform.demo_data import demo_customers
+    from retrain_platform.defs.resources import Clock
+    from retrain_platform.demo_data import HISTORY_END, batch_window, demo_customers
     from retrain_platform.ingest import HISTORY_BATCH
     from retrain_platform.spec import complete_spec, parse_spec
 
@@ -130,25 +136,41 @@ def cmd_demo(args) -> int:
     names = [parse_spec(c.spec).customer for c in demo]
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("customers", names)
+    # The demo replays the customers' weeks at simulated times: the clock stands at the end of each week, so
+    # the ledger, the alerts and the sensors' cooldown follow the data's calendar.
+    clock = Clock(frozen_at=HISTORY_END.isoformat())
     failed = []
     for name in names:
-        result = run_training(name, trigger="demo")
+        result = run_training(name, trigger="demo: first training", clock=clock)
         print(f"trained {name}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
         if not result.success:
             failed.append(name)
-    print()
-    for customer in demo:
-        spec = customers.load_spec(warehouse, customer.customer)
-        if spec.customer in failed:
-            continue
-        if registry.alias_version(spec.model_name, "champion") is None:
-            print(f"{spec.customer}: no champion yet ({spec.mode} mode), its batches wait")
-            continue
-        for index, batch in enumerate(customer.batches[: args.batches]):
-            for line in ingest_and_monitor(warehouse, spec, batch, batch_id=f"week-{index + 1}"):
+    cursors: dict[str, str | None] = {}
+    for index in range(min(args.batches, len(demo[0].batches))):
+        week_end = batch_window(index)[1]
+        clock = Clock(frozen_at=week_end.isoformat())
+        print(f"\nweek {index + 1} (simulated time {week_end:%Y-%m-%d}): batches arrive, then the sensors tick")
+        for customer in demo:
+            spec = customers.load_spec(warehouse, customer.customer)
+            if spec.customer in failed:
+                continue
+            if registry.alias_version(spec.model_name, "champion") is None:
+                if index == 0:
+                    print(
+                        f"{spec.customer}: no champion yet ({spec.mode} mode), its batches wait; "
+                        f"approve it with: retrain-platform approve {spec.customer}"
+                    )
+                continue
+            batch = customer.batches[index]
+            for line in ingest_and_monitor(warehouse, spec, batch, batch_id=f"week-{index + 1}", clock=clock):
                 print(line)
+        for line in tick_automation(defs, warehouse, cursors, clock):
+            print(line)
     print()
     print(drift_summary(warehouse))
+
+    print()
+    print(automated_changes(warehouse))
 
     from retrain_platform.status import customer_status, format_table
 
@@ -159,6 +181,62 @@ def cmd_demo(args) -> int:
     if failed:
         raise CommandError(f"training failed for {', '.join(failed)}; see the runs in the UI")
     return 0
+
+
+# The sensors the demo ticks after each simulated week; under `dagster dev` the daemon ticks all of them.
+DEMO_SENSORS = ("drift_sensor", "performance_sensor", "auto_rollback_sensor", "deployment_alerts_sensor")
+
+
+def tick_automation(defs, warehouse, cursors: dict, clock) -> list[str]:
+    """Tick the demo's sensors once, as the daemon would, and run what they request; say what fired and why."""
+    import dagster as dg
+
+    from retrain_platform import ledger
+    from retrain_platform.defs.automation import EVIDENCE_TAG, tick_in_process
+    from retrain_platform.settings import CUSTOMER_TAG
+
+    lines = []
+    with dg.DagsterInstance.get() as instance:
+        for name in DEMO_SENSORS:
+            tick = tick_in_process(
+                defs, name, instance, cursor=cursors.get(name), resources={"clock": clock}, run_config=QUIET
+            )
+            cursors[name] = tick.cursor
+            for request, result in tick.runs:
+                customer = request.tags[CUSTOMER_TAG]
+                lines.append(f"  {name} fired for {customer}: {request.tags[EVIDENCE_TAG]}")
+                history = ledger.history(warehouse, customer)
+                rows = history[history["dagster_run_id"] == result.run_id]
+                if not result.success or rows.empty:
+                    lines.append(f"    run {result.run_id[:8]} FAILED; see it in the UI")
+                    continue
+                row = rows.iloc[-1]
+                lines.append(
+                    f"    run {result.run_id[:8]} ({result.job_def.name}): {row['action']} (verdict {row['verdict']}), "
+                    f"champion {row['from_version'] or '-'} -> {row['champion_after'] or '-'}"
+                )
+    return lines
+
+
+def automated_changes(warehouse) -> str:
+    """The ledger rows the sensors caused: why each model changed, as a person would ask it from SQL."""
+    from retrain_platform import alerts, ledger
+
+    history = ledger.history(warehouse)
+    automated = history[~history["trigger"].astype(str).str.startswith("demo")]
+    lines = ["what the sensors did (model_ledger)"]
+    for row in automated.itertuples():
+        lines.append(
+            f"  {row.recorded_at:%Y-%m-%d} {row.customer:<20} {row.action:<15} {row.verdict:<8} "
+            f"champion {row.from_version or '-'} -> {row.champion_after or '-'}; trigger: {row.trigger}"
+        )
+    if automated.empty:
+        lines.append("  nothing: no trigger fired")
+    raised = alerts.history(warehouse)
+    lines.append(f"alerts ({len(raised)} in the `alerts` table)")
+    for row in raised.itertuples():
+        lines.append(f"  {row.recorded_at:%Y-%m-%d} {row.customer or '-':<20} {row.kind:<17} {row.message[:140]}")
+    return "\n".join(lines)
 
 
 def drift_summary(warehouse) -> str:
@@ -207,6 +285,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from retrain_platform.spec import validate_customer_id
+
+    validate_customer_id(args.customer)
     home = _home(args)
     if not home.warehouse_path.exists():
         raise CommandError(f"no platform home at {home.root}")
@@ -218,6 +299,52 @@ def cmd_train(args) -> int:
     print(f"run {result.run_id}: {'succeeded' if result.success else 'failed'}")
     if not result.success:
         raise CommandError(f"training run {result.run_id} failed for {args.customer}; see the run in the UI")
+    return 0
+
+
+def _deployment_context(args):
+    """The warehouse, registry, spec and current time for approve and rollback."""
+    home = _home(args)
+    if not home.warehouse_path.exists():
+        raise CommandError(f"no platform home at {home.root}")
+    from retrain_platform.customers import load_spec
+
+    defs, warehouse, registry = _resources()
+    return defs, warehouse, registry, load_spec(warehouse, args.customer)
+
+
+def cmd_approve(args) -> int:
+    import getpass
+
+    from retrain_platform import deployment
+
+    defs, warehouse, registry, spec = _deployment_context(args)
+    now = defs.resources["clock"].now()
+    entry = deployment.approve(warehouse, registry, spec, args.version, now=now, approved_by=f"cli:{getpass.getuser()}")
+    print(
+        f"{spec.customer}: version {entry.to_version} approved; champion {entry.from_version or '-'} -> "
+        f"{entry.champion_after} (models:/{spec.model_name}@champion); the ledger records it"
+    )
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    import logging
+
+    from retrain_platform import alerts, deployment
+
+    defs, warehouse, registry, spec = _deployment_context(args)
+    now = defs.resources["clock"].now()
+    reason = args.reason or "rolled back by hand from the command line"
+    entry = deployment.rollback(warehouse, registry, spec, args.to, now=now, reason=reason, trigger="manual: cli")
+    quiet = logging.getLogger("retrain_platform.cli.alerts")
+    quiet.propagate = False  # the command prints its own line; the alert still reaches the table and webhook
+    message = f"champion rolled back from version {entry.from_version} to {entry.to_version}: {reason}"
+    defs.resources["alerts"].send(warehouse, alerts.Alert(now, spec.customer, alerts.ROLLBACK, message), log=quiet)
+    print(
+        f"{spec.customer}: champion rolled back {entry.from_version} -> {entry.to_version} "
+        f"(version {entry.from_version} is now previous-champion); the ledger records it"
+    )
     return 0
 
 
@@ -241,6 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", parents=[common], help="run the training chain for one customer now")
     train.add_argument("customer")
     train.set_defaults(handler=cmd_train)
+    approve = commands.add_parser(
+        "approve", parents=[common], help="promote a model awaiting approval (approve mode) to champion"
+    )
+    approve.add_argument("customer")
+    approve.add_argument("version", nargs="?", help="the version to promote (default: the latest awaiting approval)")
+    approve.set_defaults(handler=cmd_approve)
+
+    rollback = commands.add_parser(
+        "rollback", parents=[common], help="move the champion back to the previous champion (or --to VERSION)"
+    )
+    rollback.add_argument("customer")
+    rollback.add_argument("--to", metavar="VERSION", help="the version to restore (default: previous-champion)")
+    rollback.add_argument("--reason", help="why, for the ledger and the alert")
+    rollback.set_defaults(handler=cmd_rollback)
+
     ingest = commands.add_parser(
         "ingest", parents=[common], help="append a CSV or Parquet batch (or late labels) to a customer's landing table"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,12 @@ from retrain_platform.warehouse import Warehouse, quote
 PREDICTIONS_TABLE = "batch_predictions"
 DRIFT_TABLE = "drift_statistics"
 METRICS_TABLE = "batch_metrics"
+DRIFT_BATCHES_TABLE = "drift_batches"
 SCORE = "score"
 CHAMPION_ROLE = "champion"
 CHALLENGER_ROLE = "challenger"
+# The champion a promotion replaced, scored in shadow so a bad promotion shows on the next labelled batches.
+PREVIOUS_CHAMPION_ROLE = "previous_champion"
 
 
 def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -199,8 +203,16 @@ def _concat_outputs(parts: list[ModelOutput]) -> ModelOutput:
     )
 
 
-def store_report(warehouse: Warehouse, spec: CustomerSpec, batch_id: str, report: BatchReport, versions: dict[str, str]) -> None:
-    """Every raw statistic, per customer x batch x column, and every metric, in tables a dashboard can query."""
+def store_report(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    batch_id: str,
+    report: BatchReport,
+    versions: dict[str, str],
+    measured_at: datetime | None = None,
+) -> None:
+    """Every raw statistic, per customer x batch x column, and every metric, in tables a dashboard can query;
+    and one summary row per batch (`drift_batches`) that the drift sensor reads."""
     key = {"customer": spec.customer, "batch_id": batch_id}
     columns = report.drift.columns.copy()
     if report.drift.prediction_drift is not None:
@@ -227,6 +239,33 @@ def store_report(warehouse: Warehouse, spec: CustomerSpec, batch_id: str, report
     warehouse.delete_where(METRICS_TABLE, key)
     if len(frame):
         warehouse.write(METRICS_TABLE, frame)
+
+    measured_at = measured_at or datetime.now(timezone.utc).replace(tzinfo=None)
+    summary = pd.DataFrame(
+        {
+            **{name: [value] for name, value in key.items()},
+            "batch_start": [batch_start(warehouse, spec, batch_id)],
+            "rows": [int(report.rows)],
+            "labelled_rows": [int(report.labelled_rows)],
+            "drift_share": [float(report.drift.drift_share)],
+            "dataset_drifted": [bool(report.drift.dataset_drifted)],
+            "drifted_columns": [", ".join(report.drift.drifted_columns)],
+            "model_version": pd.Series([versions.get(CHAMPION_ROLE)], dtype="string"),
+            "measured_at": [pd.Timestamp(measured_at)],
+        }
+    )
+    summary["batch_start"] = pd.to_datetime(summary["batch_start"])
+    warehouse.write(DRIFT_BATCHES_TABLE, summary, replace_where=key)
+
+
+def batch_start(warehouse: Warehouse, spec: CustomerSpec, batch_id: str):
+    """The earliest timestamp of a batch: batches are ordered by the time their rows describe."""
+    frame = warehouse.query(
+        f"select min({quote(spec.timestamp_column)}) as first from {quote(spec.landing_table)} "
+        f"where {quote(BATCH_COLUMN)} = ?",
+        [batch_id],
+    )
+    return frame["first"].iloc[0] if len(frame) else None
 
 
 def metric_history(warehouse: Warehouse, customer: str, metric: str) -> pd.DataFrame:

@@ -15,17 +15,36 @@ from pathlib import Path
 LOCAL = "local"
 PRODUCTION = "production"
 
-# One writer at a time per DuckDB file: the queued run coordinator keeps runs from overlapping.
-DAGSTER_YAML = """\
+# The run tag that names the customer a run works for; the queue allows one run per customer at a time.
+CUSTOMER_TAG = "retrain/customer"
+
+# One writer at a time per DuckDB file: the queued run coordinator keeps runs from overlapping, so any
+# number of runs launched at once (one per customer, from sensors or the UI) wait their turn. The
+# per-customer limit is what still holds on a warehouse that takes concurrent writers (raise
+# max_concurrent_runs there): never two runs for one customer at once.
+DAGSTER_YAML = f"""\
 # Written by retrain-platform for the embedded (local) environment.
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator
   config:
     max_concurrent_runs: 1
+    dequeue_interval_seconds: 2
+    tag_concurrency_limits:
+      - key: "{CUSTOMER_TAG}"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 telemetry:
   enabled: false
 """
+
+ALERT_WEBHOOK_ENV = "RETRAIN_ALERT_WEBHOOK_URL"
+INFERENCE_SCHEDULE_ENV = "RETRAIN_INFERENCE_SCHEDULE"
+RETRAINING_SCHEDULE_ENV = "RETRAIN_RETRAINING_SCHEDULE"
+SCHEDULE_TIMEZONE_ENV = "RETRAIN_SCHEDULE_TIMEZONE"
+DEFAULT_INFERENCE_SCHEDULE = "0 2 * * *"  # daily, 02:00
+DEFAULT_RETRAINING_SCHEDULE = "0 3 * * 1"  # weekly, Monday 03:00
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,28 @@ class Home:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@dataclass(frozen=True)
+class Schedules:
+    """The cron strings of the daily inference and the weekly retraining, and their time zone."""
+
+    inference: str
+    retraining: str
+    timezone: str
+
+
+def schedules() -> Schedules:
+    """From `RETRAIN_INFERENCE_SCHEDULE`, `RETRAIN_RETRAINING_SCHEDULE` and `RETRAIN_SCHEDULE_TIMEZONE`."""
+    chosen = Schedules(
+        inference=os.environ.get(INFERENCE_SCHEDULE_ENV, DEFAULT_INFERENCE_SCHEDULE).strip(),
+        retraining=os.environ.get(RETRAINING_SCHEDULE_ENV, DEFAULT_RETRAINING_SCHEDULE).strip(),
+        timezone=os.environ.get(SCHEDULE_TIMEZONE_ENV, "UTC").strip(),
+    )
+    for name, value in ((INFERENCE_SCHEDULE_ENV, chosen.inference), (RETRAINING_SCHEDULE_ENV, chosen.retraining)):
+        if len(value.split()) != 5:
+            raise ValueError(f"{name}: {value!r} is not a cron string (e.g. '0 2 * * *')")
+    return chosen
 
 
 def environment() -> str:

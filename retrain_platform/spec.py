@@ -80,6 +80,30 @@ class PromotionThresholds(BaseModel):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
 
+class AutomationSettings(BaseModel):
+    """When the platform reacts on its own: the retraining triggers, their cooldown and automatic rollback.
+
+    `drift_consecutive_batches` is how many of the latest batches (measured by the current champion) must
+    all show dataset drift; `cooldown_hours` is the least time between two trainings, whatever triggered
+    them; `new_labels_threshold` is how many labelled rows a training would add before one is requested;
+    `min_labelled_rows` is how many labels a batch needs for its realized metric to count (below it, the
+    label-free estimate is used); a freshly promoted champion whose realized primary metric is worse than
+    the previous champion's by more than `rollback_tolerance` (in the metric's units) over its first
+    `rollback_batches` labelled batches is rolled back; `scheduled_retraining` takes the customer into
+    the weekly retraining schedule.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift_consecutive_batches: int = Field(default=2, ge=1, le=100)
+    cooldown_hours: float = Field(default=24.0, ge=0.0)
+    new_labels_threshold: int = Field(default=1000, ge=1)
+    min_labelled_rows: int = Field(default=100, ge=1)
+    rollback_tolerance: float = Field(default=0.02, ge=0.0)
+    rollback_batches: int = Field(default=1, ge=1, le=100)
+    scheduled_retraining: bool = True
+
+
 class CustomerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +125,7 @@ class CustomerSpec(BaseModel):
         description="overrides of retrain_platform.drift.DriftThresholds, including per_feature ones",
     )
     mode: Mode = "auto"
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
 
     @field_validator("customer")
     @classmethod

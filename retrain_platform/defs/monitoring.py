@@ -11,7 +11,7 @@ import pandas as pd
 from retrain_platform import customers as customer_store
 from retrain_platform import drift, monitoring, quality
 from retrain_platform.defs.partitions import batches, customers
-from retrain_platform.defs.resources import MlflowRegistry
+from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.defs.training import (
     WAREHOUSE_RETRY,
     TrainedModels,
@@ -21,11 +21,15 @@ from retrain_platform.defs.training import (
 )
 from retrain_platform.ingest import split_batch_partition_key
 from retrain_platform.modelling import FeatureSet
-from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry
+from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
 from retrain_platform.spec import CustomerSpec
 
 BASELINE_ARTIFACT = "drift_baseline.json"
 INFERENCE_BATCH_QUALITY = "inference_batch_quality"
+
+# A batch materialized on its own (from the UI, a backfill) is scored and measured by the automation sensor,
+# unless its blocking quality check failed: Dagster's declarative automation does not look at checks itself.
+FOLLOWS_ITS_BATCH = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
 class BatchConfig(dg.Config):
@@ -76,6 +80,10 @@ def _load_models(models: ModelRegistry, spec: CustomerSpec) -> dict[str, tuple[s
         loaded[monitoring.CHAMPION_ROLE] = (champion, models.load(spec.model_name, champion))
     if challenger is not None and challenger != champion:
         loaded[monitoring.CHALLENGER_ROLE] = (challenger, models.load(spec.model_name, challenger))
+    # Scored in shadow so the automatic rollback can compare both champions on the same labelled rows.
+    previous = models.alias_version(spec.model_name, PREVIOUS_CHAMPION)
+    if previous is not None and previous not in (champion, challenger):
+        loaded[monitoring.PREVIOUS_CHAMPION_ROLE] = (previous, models.load(spec.model_name, previous))
     return loaded
 
 
@@ -121,6 +129,7 @@ def inference_batch_quality(
     kinds={"scikit-learn", "mlflow"},
     deps=[inference_batch],
     retry_policy=WAREHOUSE_RETRY,
+    automation_condition=FOLLOWS_ITS_BATCH,
 )
 def batch_predictions(
     context: dg.AssetExecutionContext,
@@ -128,8 +137,8 @@ def batch_predictions(
     warehouse: dg.ResourceParam[WarehouseProvider],
     registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
-    """The batch scored by the champion and, in shadow, by the challenger, with the registered pipelines.
-    Re-running a batch replaces its predictions."""
+    """The batch scored by the champion and, in shadow, by the challenger and the previous champion, with the
+    registered pipelines. Re-running a batch replaces its predictions."""
     customer, batch_id = _batch(context)
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
@@ -153,16 +162,18 @@ def batch_predictions(
     kinds={"scipy"},
     deps=[batch_predictions],
     retry_policy=WAREHOUSE_RETRY,
+    automation_condition=FOLLOWS_ITS_BATCH,
 )
 def drift_report(
     context: dg.AssetExecutionContext,
     config: BatchConfig,
     warehouse: dg.ResourceParam[WarehouseProvider],
     registry: MlflowRegistry,
+    clock: Clock,
 ) -> dg.MaterializeResult:
     """Per feature: the test or distance used, its value, the threshold and the verdict; the share of drifted
     features and the dataset verdict; drift of the champion's predictions; the realized metrics of the
-    champion and the shadow challenger on labelled rows, and a label-free estimate of the champion's."""
+    champion and the shadow models on labelled rows, and a label-free estimate of the champion's."""
     customer, batch_id = _batch(context)
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
@@ -174,7 +185,7 @@ def drift_report(
     run_id = models_registry.version_run_id(spec.model_name, versions[monitoring.CHAMPION_ROLE])
     baseline = drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
     report = monitoring.measure_batch(db, spec, batch_id, baseline, models, chunk_rows=config.chunk_rows)
-    monitoring.store_report(db, spec, batch_id, report, versions)
+    monitoring.store_report(db, spec, batch_id, report, versions, measured_at=clock.now())
 
     columns = report.drift.columns
     metadata: dict[str, Any] = {

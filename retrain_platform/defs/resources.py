@@ -6,15 +6,17 @@ under `RETRAIN_HOME`, or Snowflake and a shared MLflow server.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
 
-from retrain_platform import settings
+from retrain_platform import alerts, settings
 from retrain_platform.registry import ModelRegistry
 from retrain_platform.warehouse import Warehouse
 
@@ -54,10 +56,39 @@ class MlflowRegistry(dg.ConfigurableResource):
         return ModelRegistry(self.tracking_uri, self.registry_uri, self.artifact_root)
 
 
-def local_resources(home: settings.Home) -> dict:
+class Clock(dg.ConfigurableResource):
+    """What time it is for every decision the platform takes: the real time, or a fixed instant.
+
+    Sensors, schedules and the ledger ask this resource, never the wall clock, so a dataset's history can
+    be replayed through the same sensors at simulated times (and tests can freeze time).
+    """
+
+    frozen_at: str | None = Field(default=None, description="ISO timestamp to use as now (UTC), e.g. 2026-10-15T00:00")
+
+    def now(self) -> datetime:
+        """Naive UTC, like every timestamp the warehouse keeps."""
+        if self.frozen_at:
+            moment = datetime.fromisoformat(self.frozen_at)
+            return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
+        return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class AlertChannel(dg.ConfigurableResource):
+    """Where alerts go besides the warehouse's `alerts` table and the Dagster log: an optional webhook."""
+
+    webhook_url: str | None = Field(default=None, description="POSTed a JSON body per alert; unset: no webhook")
+    timeout_seconds: float = Field(default=alerts.WEBHOOK_TIMEOUT_SECONDS, gt=0)
+
+    def send(self, warehouse: Warehouse, alert: alerts.Alert, log: logging.Logger | None = None) -> bool:
+        return alerts.record(warehouse, alert, self.webhook_url, self.timeout_seconds, log)
+
+
+def local_resources(home: settings.Home, clock: Clock | None = None) -> dict:
     return {
         "warehouse": DuckDBWarehouse(database=str(home.warehouse_path)),
         "registry": MlflowRegistry(tracking_uri=home.tracking_uri, artifact_root=str(home.artifacts_dir)),
+        "clock": clock or Clock(),
+        "alerts": AlertChannel(webhook_url=_optional_env(settings.ALERT_WEBHOOK_ENV)),
     }
 
 
@@ -77,6 +108,8 @@ def production_resources() -> dict:
             registry_uri=_optional_env("MLFLOW_REGISTRY_URI"),
             artifact_root=_optional_env("MLFLOW_ARTIFACT_ROOT"),
         ),
+        "clock": Clock(),
+        "alerts": AlertChannel(webhook_url=_optional_env(settings.ALERT_WEBHOOK_ENV)),
     }
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from retrain_platform import customers as customer_store
 from retrain_platform import ledger, quality
 from retrain_platform.defs.partitions import customers
-from retrain_platform.defs.resources import MlflowRegistry
+from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
 from retrain_platform.modelling import (
     FeatureSet,
@@ -97,8 +97,11 @@ def _snapshot_window(landing: pd.DataFrame, spec: CustomerSpec) -> pd.DataFrame:
     columns = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
     labelled = landing.loc[landing[spec.label_column].notna(), columns]
     timestamps = pd.to_datetime(labelled[spec.timestamp_column], errors="coerce")
-    start = timestamps.max() - pd.Timedelta(days=spec.training_window_days)
-    # Unparseable timestamps stay in the snapshot, so the blocking check can name them.
+    # The window ends at the latest plausible row, so one future-dated row cannot push the real data out.
+    plausible = timestamps[timestamps <= utc_now()]
+    end = plausible.max() if len(plausible) else timestamps.max()
+    start = end - pd.Timedelta(days=spec.training_window_days)
+    # Unparseable and future timestamps stay in the snapshot, so the blocking check can name them.
     keep = timestamps.isna() | (timestamps >= start)
     return labelled.loc[keep].reset_index(drop=True)
 
@@ -330,6 +333,7 @@ def deployed_model(
     config: TrainingConfig,
     warehouse: dg.ResourceParam[WarehouseProvider],
     registry: MlflowRegistry,
+    clock: Clock,
     features: FeatureSet,
     candidate_models: TrainedModels,
     evaluation_report: EvaluationReport,
@@ -370,6 +374,8 @@ def deployed_model(
             trigger=config.trigger,
             dagster_run_id=context.run_id,
             data_version=_training_data_version(context),
+            # The clock, not the wall: the cooldown between trainings is measured on this timestamp.
+            recorded_at=clock.now(),
         ),
     )
 

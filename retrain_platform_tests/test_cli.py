@@ -1,0 +1,205 @@
+"""`retrain-platform` as a user runs it: a subprocess per command, state in a home under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrain_platform.demo_data import DEMO_CUSTOMER_NAMES
+from retrain_platform.status import customer_status
+
+# The documented shape of `status --json`: exactly these keys, in this order.
+STATUS_JSON_KEYS = [
+    "customer",
+    "mode",
+    "champion_version",
+    "primary_metric",
+    "champion_metric",
+    "last_verdict",
+    "promotions",
+]
+
+# A Python warning on stderr is two lines: "path:line: SomeWarning: message" and the indented source line.
+_WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")
+
+
+def cli(*args: str, home: Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m retrain_platform.cli ARGS` with RETRAIN_HOME=home, the way a user would."""
+    env = {
+        **os.environ,
+        "RETRAIN_HOME": str(home),
+        "RETRAIN_ENV": "local",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("DAGSTER_HOME", None)  # the CLI derives it from the home
+    return subprocess.run(
+        [sys.executable, "-m", "retrain_platform.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without Python warnings (which libraries emit on import): what the CLI itself said."""
+    lines, skip_source_line = [], False
+    for line in stderr.splitlines():
+        if skip_source_line and line.startswith(" "):
+            skip_source_line = False
+            continue
+        skip_source_line = bool(_WARNING_LINE.match(line))
+        if not skip_source_line and line.strip():
+            lines.append(line)
+    return lines
+
+
+def assert_one_line_error(completed: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert completed.returncode != 0
+    assert "Traceback" not in completed.stderr
+    lines = error_lines(completed.stderr)
+    assert len(lines) == 1, f"expected one error line, got: {lines}"
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_home(open_platform, tmp_path_factory):
+    """A home where swiftcart-delivery is trained (in-process, small) and northwind-lending only onboarded."""
+    with open_platform(tmp_path_factory.mktemp("cli")) as platform:
+        platform.load_customer("swiftcart-delivery")
+        platform.load_customer("northwind-lending")
+        result = platform.train("swiftcart-delivery")
+        assert result.success
+        yield platform
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["status"], ["train"]], ids=["main", "demo", "status", "train"])
+def test_help_works_on_every_command(command, tmp_path):
+    completed = cli(*command, "--help", home=tmp_path / "unused", cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith(f"usage: retrain-platform {' '.join(command)}".rstrip())
+    if command:
+        assert "--home" in completed.stdout
+    else:
+        assert all(name in completed.stdout for name in ("demo", "status", "train"))
+    assert not (tmp_path / "unused").exists()
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_status_on_an_empty_home_fails_with_one_line(how, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = ["status", "--json"] + (["--home", str(empty)] if how == "flag" else [])
+    completed = cli(*args, home=empty if how == "env" else tmp_path / "elsewhere", cwd=tmp_path)
+
+    assert_one_line_error(completed, "no platform home", str(empty))
+    assert completed.stderr.strip().count("\n") == 0  # nothing else on stderr, not even a warning
+    assert completed.stdout == ""
+    assert list(empty.iterdir()) == []  # looking does not create a home
+
+
+@pytest.mark.slow
+def test_status_json_after_training_lists_every_customer_with_the_documented_keys(trained_home, tmp_path):
+    platform = trained_home
+    completed = cli("status", "--home", str(platform.home.root), "--json", home=tmp_path / "not-this-one", cwd=tmp_path)
+
+    assert completed.returncode == 0, completed.stderr
+    rows = json.loads(completed.stdout)
+    assert isinstance(rows, list)
+    assert [row["customer"] for row in rows] == ["northwind-lending", "swiftcart-delivery"]
+    for row in rows:
+        assert list(row) == STATUS_JSON_KEYS
+
+    onboarded, trained = rows
+    assert onboarded == {
+        "customer": "northwind-lending",
+        "mode": "approve",
+        "champion_version": None,
+        "primary_metric": "roc_auc",
+        "champion_metric": None,
+        "last_verdict": None,
+        "promotions": 0,
+    }
+    assert trained["mode"] == "auto"
+    assert trained["champion_version"] == "1"
+    assert trained["primary_metric"] == "rmse"
+    assert trained["last_verdict"] == "PROMOTE"
+    assert trained["promotions"] == 1
+    # The same numbers the library reports in-process.
+    in_process = customer_status(platform.warehouse, platform.registry)
+    assert rows == json.loads(json.dumps(in_process))
+    assert 0 < trained["champion_metric"] < 12.0  # under the customer's RMSE floor
+
+
+@pytest.mark.slow
+def test_train_rejects_an_invalid_customer_id_with_one_line(trained_home, tmp_path):
+    platform = trained_home
+    versions_before = len(platform.registry.versions("retrain-swiftcart-delivery"))
+    completed = cli("train", "Bad Customer!", "--home", str(platform.home.root), home=tmp_path / "unused", cwd=tmp_path)
+
+    assert_one_line_error(completed, "invalid customer id", "'Bad Customer!'")
+    assert completed.stdout == ""
+    assert len(platform.registry.versions("retrain-swiftcart-delivery")) == versions_before
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("do not delete")
+
+    completed = cli("demo", "--home", str(folder), home=tmp_path / "unused", cwd=tmp_path)
+
+    assert_one_line_error(completed, "is not empty and was not made by retrain-platform")
+    assert [p.name for p in folder.iterdir()] == ["thesis.txt"]
+    assert (folder / "thesis.txt").read_text() == "do not delete"
+
+
+# The demo replays weeks of batches after the first trainings (ingest, monitoring, sensor ticks); a full
+# replay takes minutes, so the test replays one week: every stage runs, at a cost the default suite can carry.
+DEMO_WEEKS = 1
+
+
+@pytest.mark.slow
+def test_demo_trains_every_demo_customer_and_status_shows_the_champions(tmp_path):
+    home = tmp_path / "demo-home"
+    completed = cli(
+        "demo", "--home", str(home), "--batches", str(DEMO_WEEKS), home=tmp_path / "unused", cwd=tmp_path, timeout=900
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "FAILED" not in completed.stdout
+    for name in DEMO_CUSTOMER_NAMES:
+        assert re.search(rf"^trained {re.escape(name)}: run \w+ succeeded$", completed.stdout, re.MULTILINE)
+    assert (home / ".retrain-home").exists()
+    assert not (tmp_path / "unused").exists() and not (tmp_path / ".retrain").exists()
+
+    status = cli("status", "--json", home=home, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    rows = {row["customer"]: row for row in json.loads(status.stdout)}
+    assert set(rows) == set(DEMO_CUSTOMER_NAMES)
+    for name, row in rows.items():
+        assert list(row) == STATUS_JSON_KEYS
+        assert row["last_verdict"] in {"PROMOTE", "HOLD", "REJECT"}
+        if name == "northwind-lending":
+            # Approve mode: trained and judged, but nobody approved it, so nothing serves and no batch is scored.
+            assert row["mode"] == "approve"
+            assert (row["champion_version"], row["champion_metric"], row["promotions"]) == (None, None, 0)
+            assert not re.search(rf"monitored {name}\.", completed.stdout)
+        else:
+            assert row["mode"] == "auto"
+            assert row["champion_version"] is not None and row["champion_version"].isdigit()
+            assert isinstance(row["champion_metric"], float)
+            assert row["promotions"] >= 1
+            # The champion scored the replayed week's batch.
+            monitored = rf"^\s*monitored {re.escape(name)}\.week-1: run \w+ succeeded$"
+            assert re.search(monitored, completed.stdout, re.MULTILINE)
