@@ -58,7 +58,7 @@ def validate_batch_id(batch_id: str) -> str:
 
 def new_batch_id(now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
-    return now.strftime("b%Y%m%d-%H%M%S")
+    return now.strftime("b%Y%m%d-%H%M%S-%f")
 
 
 def read_source(path: str | Path) -> pd.DataFrame:
@@ -98,7 +98,11 @@ def conform(frame: pd.DataFrame, spec: CustomerSpec, *, require_features: bool =
             )
     if spec.timestamp_column in conformed:
         raw = conformed[spec.timestamp_column]
-        parsed = pd.to_datetime(raw, errors="coerce", format="mixed") if raw.dtype == object else pd.to_datetime(raw, errors="coerce")
+        # utc=True folds mixed offsets (a week across a daylight-saving change) into one naive-UTC column.
+        if raw.dtype == object:
+            parsed = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
+        else:
+            parsed = pd.to_datetime(raw, errors="coerce", utc=True)
         bad = parsed.isna() & raw.notna()
         if bad.any() or raw.isna().any():
             example = raw[bad].iloc[0] if bad.any() else None
@@ -180,7 +184,9 @@ def ingest(
 def _merge_labels(warehouse: Warehouse, spec: CustomerSpec, labels: pd.DataFrame) -> list[str]:
     staging = f"staging_labels__{spec.customer}"
     landing, key, label = quote(spec.landing_table), quote(spec.id_column), quote(spec.label_column)
-    warehouse.write(staging, labels.assign(customer=spec.customer), replace_where={"customer": spec.customer})
+    # A fresh staging table each time: its label column must take this file's type (20.5 stays 20.5).
+    warehouse.execute(f"drop table if exists {quote(staging)}")
+    warehouse.write(staging, labels.assign(customer=spec.customer))
     affected = warehouse.query(
         f'select distinct l.{quote(BATCH_COLUMN)} as "batch_id" from {landing} l join {quote(staging)} s '
         f'on l.{key} = s.{key} where s."customer" = ?',

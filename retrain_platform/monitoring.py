@@ -53,10 +53,8 @@ def baseline_predictions(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple
 
 
 def batch_rows(warehouse: Warehouse, spec: CustomerSpec, batch_id: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    sql = (
-        f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = ? "
-        f"order by {quote(spec.timestamp_column)}"
-    )
+    # No ORDER BY: scoring and drift do not depend on row order, and sorting would hold the whole batch.
+    sql = f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = ?"
     yield from warehouse.query_chunks(sql, [batch_id], chunk_rows)
 
 
@@ -143,30 +141,41 @@ def measure_batch(
     """Drift of every feature and of the champion's predictions, the label-free estimate of the champion's
     performance, and the realized metrics of each model on the rows whose labels have arrived."""
     labels: list[np.ndarray] = []
-    outputs: dict[str, list[ModelOutput]] = {role: [] for role in models}
+    # Per role, the outputs on labelled rows only: probabilities as float32 (or regression values).
+    outputs: dict[str, list[np.ndarray]] = {role: [] for role in models}
     estimate_scores: list[np.ndarray] = []
     champion = models.get(CHAMPION_ROLE)
+
+    def model_outputs(pipeline: Any, frame: pd.DataFrame) -> np.ndarray:
+        if spec.task == "regression":
+            return np.asarray(pipeline.predict(frame), dtype=float)
+        return np.asarray(pipeline.predict_proba(frame), dtype=np.float32)
 
     def chunks() -> Iterable[pd.DataFrame]:
         # Only the labels and the models' outputs on labelled rows are kept, never the rows themselves.
         for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
+            features = chunk[spec.feature_names]
+            is_labelled = chunk[spec.label_column].notna().to_numpy()
+            champion_output = None
             if champion is not None:
+                champion_output = model_outputs(champion[1], features)
                 if spec.task == "regression":
-                    chunk = chunk.assign(**{SCORE: champion[1].predict(chunk[spec.feature_names])})
+                    chunk = chunk.assign(**{SCORE: champion_output})
+                elif spec.task == "binary":
+                    estimate_scores.append(champion_output[:, 1])
+                    chunk = chunk.assign(**{SCORE: champion_output[:, 1]})
                 else:
-                    proba = champion[1].predict_proba(chunk[spec.feature_names])
-                    estimate_scores.append(proba[:, 1] if spec.task == "binary" else proba)
-                    if spec.task == "binary":
-                        chunk = chunk.assign(**{SCORE: proba[:, 1]})
-                    else:
-                        classes = np.asarray(champion[1].classes_)
-                        chunk = chunk.assign(**{SCORE: classes[np.argmax(proba, axis=1)].astype(str)})
-            labelled = chunk[chunk[spec.label_column].notna()]
-            if len(labelled):
-                y = labelled[spec.label_column].to_numpy()
+                    estimate_scores.append(champion_output)
+                    classes = np.asarray(champion[1].classes_)
+                    chunk = chunk.assign(**{SCORE: classes[np.argmax(champion_output, axis=1)].astype(str)})
+            if is_labelled.any():
+                y = chunk.loc[is_labelled, spec.label_column].to_numpy()
                 labels.append(y.astype(float) if spec.task == "regression" else y)
                 for role, (_, pipeline) in models.items():
-                    outputs[role].append(ModelOutput.from_estimator(pipeline, labelled[spec.feature_names], spec.task))
+                    if role == CHAMPION_ROLE and champion_output is not None:
+                        outputs[role].append(champion_output[is_labelled])
+                    else:
+                        outputs[role].append(model_outputs(pipeline, features[is_labelled]))
             yield chunk
 
     result = drift.detect(baseline, chunks(), predictions=SCORE if champion is not None else None)
@@ -175,7 +184,12 @@ def measure_batch(
     if labelled_rows:
         y_true = np.concatenate(labels)
         for role, parts in outputs.items():
-            realized[role] = compute_metrics(spec.task, y_true, _concat_outputs(parts))
+            values = np.concatenate(parts)
+            if spec.task == "regression":
+                output = ModelOutput.from_values(values)
+            else:
+                output = ModelOutput.from_proba(values.astype(float), np.asarray(models[role][1].classes_))
+            realized[role] = compute_metrics(spec.task, y_true, output)
     estimated: dict[str, float] = {}
     if estimate_scores:
         scores = np.concatenate(estimate_scores)
@@ -189,17 +203,6 @@ def measure_batch(
         estimated=estimated,
         labelled_rows=labelled_rows,
         rows=result.n_rows,
-    )
-
-
-def _concat_outputs(parts: list[ModelOutput]) -> ModelOutput:
-    first = parts[0]
-    if first.proba is None:
-        return ModelOutput.from_values(np.concatenate([p.y_pred for p in parts]))
-    return ModelOutput(
-        y_pred=np.concatenate([p.y_pred for p in parts]),
-        proba=np.vstack([p.proba for p in parts]),
-        classes=first.classes,
     )
 
 

@@ -116,7 +116,7 @@ def drift_trigger(
         return None
     ordered = list(reversed(recent))
     version = ordered[-1].model_version
-    shares = ", ".join(f"{b.batch_id} {b.drift_share:.0%} ({b.drifted_columns or '-'})" for b in ordered)
+    shares = ", ".join(f"{b.batch_id} {b.drift_share:.0%} ({_first_names(b.drifted_columns)})" for b in ordered)
     return Trigger(
         kind=DRIFT,
         customer=customer,
@@ -383,6 +383,14 @@ def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: 
         params,
     )
     return int(frame["n"].iloc[0])
+
+
+def _first_names(columns: str, shown: int = 3) -> str:
+    """A batch's drifted columns for one line of evidence: the first few and how many more."""
+    names = [name for name in columns.split(", ") if name]
+    if not names:
+        return "-"
+    return ", ".join(names[:shown]) + (f" +{len(names) - shown} more" if len(names) > shown else "")
 
 
 def _tables_exist(warehouse: Warehouse, *tables: str) -> bool:

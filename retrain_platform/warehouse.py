@@ -70,15 +70,15 @@ class Warehouse:
     def query_chunks(self, sql: str, params: Sequence[Any] = (), chunk_rows: int = 250_000) -> Iterator[pd.DataFrame]:
         """The result in frames of at most about `chunk_rows` rows, so a large table never sits in memory whole."""
         with self.connection() as conn:
-            cursor = conn.cursor()
-            cursor.execute(self._sql(sql, params), list(params))
             if self.dialect == "duckdb":
-                # DuckDB hands out Arrow record batches of the size asked for.
-                reader = cursor.to_arrow_reader(chunk_rows) if hasattr(cursor, "to_arrow_reader") else cursor.fetch_record_batch(chunk_rows)
+                # A relation streams Arrow batches; cursor.execute would materialize the whole result first.
+                reader = conn.sql(sql, params=list(params)).to_arrow_reader(chunk_rows)
                 for batch in reader:
                     if batch.num_rows:
                         yield batch.to_pandas()
                 return
+            cursor = conn.cursor()
+            cursor.execute(self._sql(sql, params), list(params))
             # fakesnow's cursor has no fetch_pandas_batches; the real connector streams with it.
             batches = cursor.fetch_pandas_batches() if hasattr(cursor, "fetch_pandas_batches") else [cursor.fetch_pandas_all()]
             for frame in batches:

@@ -74,6 +74,12 @@ def test_drift_does_not_fire_without_k_consecutive_drifted_batches(latest_first,
     assert triggers.drift_trigger("acme", latest_first, consecutive, 0.5) is None
 
 
+def test_drift_evidence_names_the_first_drifted_columns_of_each_batch():
+    wide = BatchDrift("w9", None, 1.0, True, "a, b, c, d, e", "3")
+    trigger = triggers.drift_trigger("acme", [wide], consecutive=1, dataset_share=0.5)
+    assert "w9 100% (a, b, c +2 more)" in trigger.reason
+
+
 def test_drift_evidence_moves_with_every_new_batch():
     first = triggers.drift_trigger("acme", [drift("w4", True), drift("w3", True)], 2, 0.5)
     later = triggers.drift_trigger("acme", [drift("w5", True), drift("w4", True)], 2, 0.5)

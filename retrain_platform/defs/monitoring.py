@@ -99,7 +99,7 @@ def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourcePar
         [batch_id],
     ).iloc[0]
     if int(counts["n"]) == 0:
-        raise dg.Failure(f"batch {batch_id!r} of {customer!r} has no rows in {spec.landing_table}")
+        raise dg.Failure(f"batch {batch_id!r} of {customer!r} has no rows in {spec.landing_table}", allow_retries=False)
     return dg.MaterializeResult(
         metadata={
             "customer": customer,
@@ -144,7 +144,7 @@ def batch_predictions(
     spec = customer_store.load_spec(db, customer)
     models = _load_models(registry.get_registry(), spec)
     if monitoring.CHAMPION_ROLE not in models:
-        raise dg.Failure(f"{customer} has no champion yet: train (and approve) a model before scoring")
+        raise dg.Failure(f"{customer} has no champion yet: train (and approve) a model before scoring", allow_retries=False)
     scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows)
     metadata: dict[str, Any] = {
         "rows": dg.MetadataValue.int(scored.rows),
@@ -180,7 +180,7 @@ def drift_report(
     models_registry = registry.get_registry()
     versions = monitoring.scored_versions(db, customer, batch_id)
     if monitoring.CHAMPION_ROLE not in versions:
-        raise dg.Failure(f"batch {batch_id} of {customer} has not been scored: materialize batch_predictions first")
+        raise dg.Failure(f"batch {batch_id} of {customer} has not been scored: materialize batch_predictions first", allow_retries=False)
     models = {role: (version, models_registry.load(spec.model_name, version)) for role, version in versions.items()}
     run_id = models_registry.version_run_id(spec.model_name, versions[monitoring.CHAMPION_ROLE])
     baseline = drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
