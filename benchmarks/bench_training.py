@@ -28,6 +28,7 @@ def main() -> None:
     import dagster as dg
 
     from retrain_platform import customers
+    from retrain_platform.defs.monitoring import drift_baseline
     from retrain_platform.defs.partitions import customers as customer_partitions
     from retrain_platform.defs.resources import local_resources
     from retrain_platform.defs.training import training_assets, training_checks
@@ -48,7 +49,7 @@ def main() -> None:
         instance.add_dynamic_partitions(customer_partitions.name, [spec.customer])
         started = time.perf_counter()
         result = dg.materialize(
-            [*training_assets, *training_checks],
+            [*training_assets, drift_baseline, *training_checks],
             instance=instance,
             partition_key=spec.customer,
             resources=resources,
