@@ -26,6 +26,7 @@ METRICS_TABLE = "batch_metrics"
 DRIFT_BATCHES_TABLE = "drift_batches"
 SCORE = "score"
 CHAMPION_ROLE = "champion"
+MAX_METRIC_ROWS = 1_000_000
 CHALLENGER_ROLE = "challenger"
 # The champion a promotion replaced, scored in shadow so a bad promotion shows on the next labelled batches.
 PREVIOUS_CHAMPION_ROLE = "previous_champion"
@@ -137,9 +138,18 @@ def measure_batch(
     baseline: drift.Baseline,
     models: dict[str, tuple[str, Any]],
     chunk_rows: int = 250_000,
+    max_metric_rows: int = MAX_METRIC_ROWS,
+    seed: int = 0,
 ) -> BatchReport:
     """Drift of every feature and of the champion's predictions, the label-free estimate of the champion's
-    performance, and the realized metrics of each model on the rows whose labels have arrived."""
+    performance, and the realized metrics of each model on the rows whose labels have arrived.
+
+    Realized metrics use every labelled row up to `max_metric_rows`, and a uniform random sample of that
+    size beyond it: the sampling error is then far below any difference that matters, and memory stays
+    bounded whatever the batch size."""
+    labelled_total = _labelled_rows(warehouse, spec, batch_id)
+    keep_share = min(1.0, max_metric_rows / labelled_total) if labelled_total else 1.0
+    sampler = np.random.default_rng(seed)
     labels: list[np.ndarray] = []
     # Per role, the outputs on labelled rows only: probabilities as float32 (or regression values).
     outputs: dict[str, list[np.ndarray]] = {role: [] for role in models}
@@ -156,6 +166,8 @@ def measure_batch(
         for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
             features = chunk[spec.feature_names]
             is_labelled = chunk[spec.label_column].notna().to_numpy()
+            if keep_share < 1.0:
+                is_labelled &= sampler.random(len(chunk)) < keep_share
             champion_output = None
             if champion is not None:
                 champion_output = model_outputs(champion[1], features)
@@ -201,9 +213,18 @@ def measure_batch(
         drift=result,
         realized=realized,
         estimated=estimated,
-        labelled_rows=labelled_rows,
+        labelled_rows=labelled_total,
         rows=result.n_rows,
     )
+
+
+def _labelled_rows(warehouse: Warehouse, spec: CustomerSpec, batch_id: str) -> int:
+    counted = warehouse.query(
+        f'select count({quote(spec.label_column)}) as "n" from {quote(spec.landing_table)} '
+        f"where {quote(BATCH_COLUMN)} = ?",
+        [batch_id],
+    )
+    return int(counted["n"].iloc[0])
 
 
 def store_report(

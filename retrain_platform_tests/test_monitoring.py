@@ -489,6 +489,13 @@ def test_scoring_and_measuring_in_chunks_gives_the_same_answer(trained):
         assert in_chunks.realized[role] == pytest.approx(at_once.realized[role], rel=1e-9)
     assert in_chunks.estimated == pytest.approx(at_once.estimated, rel=1e-9)
 
+    # Beyond max_metric_rows the realized metrics come from a uniform sample: close, and still counted whole.
+    sampled = monitoring.measure_batch(warehouse, spec, "chunks", baseline, models, max_metric_rows=400)
+    assert sampled.labelled_rows == at_once.labelled_rows == 1_000
+    assert sampled.drift.drifted_columns == at_once.drift.drifted_columns
+    assert sampled.realized["champion"]["roc_auc"] == pytest.approx(at_once.realized["champion"]["roc_auc"], abs=0.08)
+    assert sampled.realized["champion"]["roc_auc"] != at_once.realized["champion"]["roc_auc"]
+
 
 # ---------------------------------------------------------------------------------------------------
 # The shadow challenger (last: it moves the challenger alias, and puts it back)
