@@ -28,6 +28,8 @@ REJECTED = "rejected"
 AWAITING_APPROVAL = "awaiting_approval"
 CHALLENGER_READY = "challenger_ready"
 ROLLBACK = "rollback"
+ONBOARDED = "onboarded"
+ONBOARDING_FAILED = "onboarding_failed"
 
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 

@@ -348,6 +348,238 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- onboarding
+
+
+def _names(values: list[str] | None) -> list[str] | None:
+    """`--features a b`, `--features a,b` and repeated flags all give ["a", "b"]."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def cmd_onboard(args) -> int:
+    from retrain_platform import onboarding
+    from retrain_platform.customers import load_spec
+    from retrain_platform.ingest import read_source
+    from retrain_platform.spec import validate_customer_id
+
+    validate_customer_id(args.customer)
+    home = _home(args)
+    home.ensure()
+    import dagster as dg
+
+    from retrain_platform.defs.onboarding import add_customer_partitions
+
+    _, warehouse, registry = _resources()
+    onboarding.check_customer_free(warehouse, args.customer, args.reuse)
+    request = onboarding.OnboardingRequest(
+        customer=args.customer,
+        label=args.label,
+        timestamp=args.timestamp,
+        id_column=args.id,
+        features=_names(args.features),
+        categorical=_names(args.categorical) or [],
+        task=args.task,
+        mode=args.mode,
+        batch_period=args.batch_period,
+        reuse=args.reuse,
+    )
+    prepared = onboarding.prepare(read_source(args.source), request)
+    spec = prepared.spec
+    if args.reuse:
+        previous = load_spec(warehouse, args.customer)
+        champion = registry.alias_version(spec.model_name, "champion")
+        if champion is not None and (previous.kinds != spec.kinds or previous.task != spec.task):
+            raise CommandError(
+                f"{args.customer}: its champion (version {champion}) was trained on other columns or another task; "
+                "onboard the new data under a new customer id"
+            )
+    now = onboarding.utc_now()
+    archived = onboarding.load_history(warehouse, prepared, now)
+    with dg.DagsterInstance.get() as instance:
+        add_customer_partitions(instance, spec.customer, prepared.batch_ids)
+    onboarding.record(
+        warehouse,
+        spec.customer,
+        onboarding.REQUESTED,
+        now,
+        mode=spec.mode,
+        source=str(Path(args.source).resolve()),
+        rows=len(prepared.history),
+        labelled_rows=prepared.labelled_rows,
+        batches=len(prepared.batch_ids),
+        batch_period=prepared.period,
+        requested_at=now,
+        message="waiting for the onboarding sensors",
+    )
+    kinds = {kind: sum(1 for k in spec.kinds.values() if k == kind) for kind in ("numeric", "categorical")}
+    print(
+        f"{spec.customer}: {len(prepared.history):,} rows ({prepared.labelled_rows:,} labelled) into {spec.landing_table}; "
+        f"task {spec.task}, metric {spec.primary_metric}, label {spec.label_column!r}, timestamp {spec.timestamp_column!r}, "
+        f"id {spec.id_column!r}; {kinds['numeric']} numeric and {kinds['categorical']} categorical features; mode {spec.mode}"
+    )
+    print(f"  history cut into {len(prepared.batch_ids)} {prepared.period}ly batches: {prepared.batch_ids[0]} .. {prepared.batch_ids[-1]}")
+    if archived:
+        print(f"  the earlier landing table is kept as {archived}")
+    print("  partitions added; the onboarding sensors now backfill: first training, then the history batches")
+    if not args.wait:
+        if not daemon_running():
+            print(
+                "  no Dagster daemon is running for this home: start the UI and daemon with "
+                f"`DAGSTER_HOME={home.dagster_home} RETRAIN_HOME={home.root} dagster dev`, or onboard with --wait"
+            )
+        else:
+            print("  follow it on the Backfills page of the UI, or with `retrain-platform status`")
+        return 0
+    state = wait_for_onboarding(home, spec.customer, timeout_seconds=args.timeout)
+    print(onboarding_summary(warehouse, registry, spec.customer))
+    if state != onboarding.READY:
+        raise CommandError(f"onboarding of {spec.customer} ended {state}: see the Backfills page in the UI")
+    return 0
+
+
+DAEMONS = ("SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR")
+
+
+def daemon_running(max_age_seconds: float = 90.0) -> bool:
+    """Whether a Dagster daemon has ticked the sensors, backfills and run queue of this instance lately."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        beats = instance.get_daemon_heartbeats()
+    now = time.time()
+    return all(kind in beats and now - beats[kind].timestamp < max_age_seconds for kind in DAEMONS)
+
+
+def start_daemon(home: Home):
+    """`dagster-daemon run` on this code location, for as long as the command waits; its log goes to the home."""
+    import os
+    import subprocess
+
+    log_path = home.root / "logs" / "daemon.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    executable = Path(sys.executable).with_name("dagster-daemon")
+    command = [str(executable) if executable.exists() else "dagster-daemon", "run", "-m", "retrain_platform.definitions"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), cwd=home.root)
+    return process, log_path
+
+
+def wait_for_onboarding(home: Home, customer: str, timeout_seconds: float, poll_seconds: float = 3.0) -> str:
+    """Block until the customer's onboarding is ready or failed, starting a daemon if none is running."""
+    from retrain_platform import onboarding
+
+    _, warehouse, _ = _resources()
+    daemon = None
+    if not daemon_running():
+        daemon, log_path = start_daemon(home)
+        print(f"  started a Dagster daemon for this wait (log: {log_path})")
+    started, last = time.monotonic(), None
+    try:
+        while True:
+            state = onboarding.status(warehouse, customer) or {"status": "unknown", "message": ""}
+            if (state["status"], state["message"]) != last:
+                last = (state["status"], state["message"])
+                print(f"  [{time.monotonic() - started:5.0f} s] {state['status']}: {state['message']}", flush=True)
+            if state["status"] in (onboarding.READY, onboarding.FAILED):
+                return state["status"]
+            if daemon is not None and daemon.poll() is not None:
+                raise CommandError(f"the Dagster daemon stopped (exit {daemon.returncode}); see {log_path}")
+            if time.monotonic() - started > timeout_seconds:
+                raise CommandError(f"onboarding of {customer} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
+            time.sleep(poll_seconds)
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=60)
+            except Exception:
+                daemon.kill()
+
+
+def onboarding_summary(warehouse, registry, customer: str) -> str:
+    """What onboarding produced: backfills and runs, the first model's verdict, drift over the history, the
+    profile's warnings, and what to do next."""
+    import dagster as dg
+
+    from retrain_platform import ledger, onboarding
+    from retrain_platform.customers import load_spec
+    from retrain_platform.defs.onboarding import (
+        HISTORY_STAGE,
+        PROFILES_TABLE,
+        TRAINING_STAGE,
+        onboarding_id,
+        stage_backfills,
+    )
+    from retrain_platform.monitoring import DRIFT_BATCHES_TABLE
+    from retrain_platform.warehouse import quote
+
+    spec = load_spec(warehouse, customer)
+    state = onboarding.status(warehouse, customer) or {}
+    lines = [f"onboarding of {customer}: {state.get('status')} - {state.get('message')}"]
+    key = onboarding_id(customer, state.get("requested_at"))
+    with dg.DagsterInstance.get() as instance:
+        for stage in (TRAINING_STAGE, HISTORY_STAGE):
+            for backfill in stage_backfills(instance, key, stage)[:1]:
+                runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+                statuses = sorted({record.dagster_run.status.value for record in runs})
+                lines.append(
+                    f"  {stage} backfill {backfill.backfill_id}: {backfill.status.value}, "
+                    f"{len(runs)} run(s) ({', '.join(statuses) or '-'})"
+                )
+    history = ledger.history(warehouse, customer)
+    if not history.empty:
+        row = history.iloc[-1]
+        lines.append(
+            f"  first model: version {row['to_version']}, verdict {row['verdict']}, action {row['action']}; "
+            f"champion {row['champion_after'] or 'none yet'}"
+        )
+    if warehouse.table_exists(DRIFT_BATCHES_TABLE):
+        drifts = warehouse.query(
+            f"select batch_id, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
+            "where customer = ? and batch_id like ? order by batch_start",
+            [customer, "history-%"],
+        )
+        for row in drifts.itertuples():
+            lines.append(
+                f"    {row.batch_id:<18} {int(row.rows):>7,} rows  drift {row.drift_share:4.0%}  {row.drifted_columns or '-'}"
+            )
+    if warehouse.table_exists(PROFILES_TABLE):
+        profiles = warehouse.query(f"select profile_json from {quote(PROFILES_TABLE)} where customer = ?", [customer])
+        if len(profiles):
+            warnings = json.loads(profiles.iloc[0, 0]).get("warnings", [])
+            lines.append(f"  data profile: {len(warnings)} warning(s)" + "".join(f"\n    - {w}" for w in warnings[:8]))
+    if registry.alias_version(spec.model_name, "champion") is None and spec.mode == "approve":
+        lines.append(f"  next: review data_profile and evaluation_report in the UI, then `retrain-platform approve {customer}`")
+    return "\n".join(lines)
+
+
+def cmd_offboard(args) -> int:
+    import dagster as dg
+
+    from retrain_platform import onboarding
+    from retrain_platform.defs.onboarding import cancel_onboarding_backfills, remove_customer_partitions
+
+    defs, warehouse, _, spec = _deployment_context(args)
+    state = onboarding.status(warehouse, spec.customer)
+    if state is not None and state["status"] == onboarding.OFFBOARDED:
+        raise CommandError(f"{spec.customer} is already offboarded")
+    with dg.DagsterInstance.get() as instance:
+        cancelled = cancel_onboarding_backfills(instance, spec.customer)
+        removed = remove_customer_partitions(instance, spec.customer)
+    now = defs.resources["clock"].now()
+    message = "offboarded: no schedule or sensor acts for it; data, models and ledger are kept"
+    onboarding.record(warehouse, spec.customer, onboarding.OFFBOARDED, now, message=message)
+    print(
+        f"{spec.customer}: {message} ({spec.landing_table}, models:/{spec.model_name}, model_ledger); "
+        f"removed its partition and {removed} batch partition(s)"
+        + (f"; cancelled backfill(s) {', '.join(cancelled)}" if cancelled else "")
+    )
+    print(f"  onboarding {spec.customer} again needs --reuse")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retrain-platform", description="Keep one model per customer fresh: train, guard, watch, react."
@@ -391,10 +623,48 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch", help="batch id (default: b<UTC timestamp>)")
     ingest.add_argument("--no-monitor", action="store_true", help="only store the rows; do not score or measure")
     ingest.set_defaults(handler=cmd_ingest)
+
+    onboard = commands.add_parser(
+        "onboard",
+        parents=[common],
+        help="validate a CSV or Parquet history, set the customer up and backfill its first training and history",
+    )
+    onboard.add_argument("customer", help="customer id: a-z, 0-9, '_' and '-'")
+    onboard.add_argument("--source", required=True, help="a .csv or .parquet file of labelled history")
+    onboard.add_argument("--label", required=True, help="the label column")
+    onboard.add_argument("--timestamp", help="the timestamp column (default: the datetime column, or one named like 'timestamp')")
+    onboard.add_argument("--id", help="a unique row id column, for late labels (default: none)")
+    onboard.add_argument("--features", nargs="+", help="the feature columns (default: every other column)")
+    onboard.add_argument("--categorical", nargs="+", help="columns to treat as categorical even if numeric")
+    onboard.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the label")
+    onboard.add_argument(
+        "--mode",
+        choices=["auto", "approve", "alert"],
+        default="approve",
+        help="approve (default): the first champion and later ones wait for `approve`; auto: deploy on a PROMOTE verdict",
+    )
+    onboard.add_argument(
+        "--batch-period", default="auto", choices=["auto", "day", "week", "month", "quarter"],
+        help="how the history is cut into batches for the backtest (default: the finest giving at most 24)",
+    )
+    onboard.add_argument("--reuse", action="store_true", help="onboard an offboarded customer id again")
+    onboard.add_argument("--wait", action="store_true", help="block until the backfills are done and print a summary")
+    onboard.add_argument("--timeout", type=float, default=1800, help="seconds --wait waits at most (default 1800)")
+    onboard.set_defaults(handler=cmd_onboard)
+
+    offboard = commands.add_parser(
+        "offboard", parents=[common], help="stop all automation for a customer; its data, models and ledger are kept"
+    )
+    offboard.add_argument("customer")
+    offboard.set_defaults(handler=cmd_offboard)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # Known and documented (README): partitioned asset checks are a Dagster preview, backfill policies a beta.
+    warnings.filterwarnings("ignore", message=r".*is currently in (preview|beta)")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

@@ -20,6 +20,8 @@ from retrain_platform.warehouse import Warehouse, quote
 
 BATCH_COLUMN = "batch_id"
 HISTORY_BATCH = "history"
+# Batch ids of an onboarded history ("history-2024-03"): a backtest of the first model, never a retraining trigger.
+HISTORY_PREFIX = f"{HISTORY_BATCH}-"
 BATCH_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 BATCH_SEPARATOR = "."
 
@@ -54,6 +56,10 @@ def validate_batch_id(batch_id: str) -> str:
     if not BATCH_ID_PATTERN.match(batch_id or ""):
         raise IngestError(f"invalid batch id {batch_id!r}: use 1 to 63 characters from a-z, 0-9, '_' and '-'")
     return batch_id
+
+
+def is_history_batch(batch_id: str) -> bool:
+    return batch_id == HISTORY_BATCH or batch_id.startswith(HISTORY_PREFIX)
 
 
 def new_batch_id(now: datetime | None = None) -> str:
@@ -140,6 +146,8 @@ def ingest(
 ) -> IngestSummary:
     """Append a batch to the landing table and merge any labels for rows already stored."""
     batch_id = validate_batch_id(batch_id or new_batch_id())
+    if is_history_batch(batch_id):
+        raise IngestError(f"invalid batch id {batch_id!r}: ids starting with 'history' are kept for onboarded history")
     label_only = bool(spec.id_column) and set(frame.columns) <= {spec.id_column, spec.label_column}
     conformed = conform(frame, spec, require_features=not label_only)
     known = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]

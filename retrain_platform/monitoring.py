@@ -32,6 +32,14 @@ CHALLENGER_ROLE = "challenger"
 PREVIOUS_CHAMPION_ROLE = "previous_champion"
 
 
+def serving_role(models: dict) -> str | None:
+    """The role whose predictions are the batch's: the champion, or before any champion the challenger."""
+    for role in (CHAMPION_ROLE, CHALLENGER_ROLE):
+        if role in models:
+            return role
+    return None
+
+
 def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
     """What a model says about each row: (prediction, score). The score is the positive-class probability
     for a binary task, the top-class probability for multiclass, and the predicted value for regression."""
@@ -154,7 +162,8 @@ def measure_batch(
     # Per role, the outputs on labelled rows only: probabilities as float32 (or regression values).
     outputs: dict[str, list[np.ndarray]] = {role: [] for role in models}
     estimate_scores: list[np.ndarray] = []
-    champion = models.get(CHAMPION_ROLE)
+    serving = serving_role(models)
+    champion = models.get(serving) if serving else None
 
     def model_outputs(pipeline: Any, frame: pd.DataFrame) -> np.ndarray:
         if spec.task == "regression":
@@ -184,7 +193,7 @@ def measure_batch(
                 y = chunk.loc[is_labelled, spec.label_column].to_numpy()
                 labels.append(y.astype(float) if spec.task == "regression" else y)
                 for role, (_, pipeline) in models.items():
-                    if role == CHAMPION_ROLE and champion_output is not None:
+                    if role == serving and champion_output is not None:
                         outputs[role].append(champion_output[is_labelled])
                     else:
                         outputs[role].append(model_outputs(pipeline, features[is_labelled]))
@@ -241,7 +250,8 @@ def store_report(
     columns = report.drift.columns.copy()
     if report.drift.prediction_drift is not None:
         columns = pd.concat([columns, pd.DataFrame([report.drift.prediction_drift])], ignore_index=True)
-    columns = columns.assign(**key, model_version=versions.get(CHAMPION_ROLE))
+    serving = serving_role(versions)
+    columns = columns.assign(**key, model_version=versions.get(serving))
     for name in columns.columns:
         if columns[name].dtype == object:
             columns[name] = columns[name].astype("string")
@@ -254,7 +264,7 @@ def store_report(
             for m, v in metrics.items()
         ]
     rows += [
-        {"model_role": CHAMPION_ROLE, "model_version": versions.get(CHAMPION_ROLE), "kind": "estimated", "metric": m, "value": v}
+        {"model_role": serving, "model_version": versions.get(serving), "kind": "estimated", "metric": m, "value": v}
         for m, v in report.estimated.items()
     ]
     frame = pd.DataFrame(rows, columns=["model_role", "model_version", "kind", "metric", "value"])
@@ -274,7 +284,7 @@ def store_report(
             "drift_share": [float(report.drift.drift_share)],
             "dataset_drifted": [bool(report.drift.dataset_drifted)],
             "drifted_columns": [", ".join(report.drift.drifted_columns)],
-            "model_version": pd.Series([versions.get(CHAMPION_ROLE)], dtype="string"),
+            "model_version": pd.Series([versions.get(serving)], dtype="string"),
             "measured_at": [pd.Timestamp(measured_at)],
         }
     )
@@ -293,11 +303,15 @@ def batch_start(warehouse: Warehouse, spec: CustomerSpec, batch_id: str):
 
 
 def metric_history(warehouse: Warehouse, customer: str, metric: str) -> pd.DataFrame:
-    """The champion's realized and estimated `metric` over the customer's batches, oldest first."""
+    """The serving model's realized and estimated `metric` over the customer's batches, oldest first: the
+    champion's, or the challenger's on batches scored before any champion."""
     if not warehouse.table_exists(METRICS_TABLE):
         return pd.DataFrame(columns=["batch_id", "kind", "value"])
-    return warehouse.query(
-        f'select "batch_id", "kind", "value" from {quote(METRICS_TABLE)} '
-        'where "customer" = ? and "metric" = ? and "model_role" = ? order by "batch_id"',
-        [customer, metric, CHAMPION_ROLE],
+    frame = warehouse.query(
+        f'select "batch_id", "kind", "value", "model_role" from {quote(METRICS_TABLE)} '
+        'where "customer" = ? and "metric" = ? and "model_role" in (?, ?) order by "batch_id"',
+        [customer, metric, CHAMPION_ROLE, CHALLENGER_ROLE],
     )
+    has_champion = set(frame.loc[frame["model_role"] == CHAMPION_ROLE, "batch_id"])
+    keep = (frame["model_role"] == CHAMPION_ROLE) | ~frame["batch_id"].isin(has_champion)
+    return frame.loc[keep, ["batch_id", "kind", "value"]].reset_index(drop=True)

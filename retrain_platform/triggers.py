@@ -16,6 +16,7 @@ import pandas as pd
 
 from retrain_platform import ledger, monitoring
 from retrain_platform.evaluation import GREATER_IS_BETTER, comparable_value, improvement
+from retrain_platform.ingest import HISTORY_BATCH, HISTORY_PREFIX
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.warehouse import Warehouse, quote
 
@@ -247,6 +248,14 @@ def rollback_trigger(
 
 # ----------------------------------------------------------------------------------------------- readers
 
+# An onboarded history is a backtest of the model trained on it: evidence only comes from batches that arrived.
+def not_history(alias: str = "") -> str:
+    column = f"{alias}.batch_id" if alias else "batch_id"
+    return f"{column} <> ? and {column} not like ?"
+
+
+NOT_HISTORY_PARAMS = (HISTORY_BATCH, HISTORY_PREFIX + "%")
+
 
 def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit: int) -> list[BatchDrift]:
     """The latest measured batches (by the time their rows describe) that `model_version` scored, newest first."""
@@ -254,8 +263,8 @@ def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit:
         return []
     frame = warehouse.query(
         f"select * from {quote(monitoring.DRIFT_BATCHES_TABLE)} where customer = ? and model_version = ? "
-        f"order by batch_start desc, batch_id desc limit {int(limit)}",
-        [customer, str(model_version)],
+        f"and {not_history()} order by batch_start desc, batch_id desc limit {int(limit)}",
+        [customer, str(model_version), *NOT_HISTORY_PARAMS],
     )
     return [
         BatchDrift(
@@ -278,8 +287,8 @@ def latest_metric(warehouse: Warehouse, customer: str, metric: str, model_versio
         f"select m.batch_id, m.kind, m.value, m.labelled_rows from {quote(monitoring.METRICS_TABLE)} m "
         f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
         "where m.customer = ? and m.metric = ? and m.model_role = ? and m.model_version = ? "
-        "order by d.batch_start desc, m.batch_id desc",
-        [customer, metric, monitoring.CHAMPION_ROLE, str(model_version)],
+        f"and {not_history('m')} order by d.batch_start desc, m.batch_id desc",
+        [customer, metric, monitoring.CHAMPION_ROLE, str(model_version), *NOT_HISTORY_PARAMS],
     )
     if frame.empty:
         return None
@@ -304,8 +313,8 @@ def shadow_comparisons(warehouse: Warehouse, customer: str, metric: str) -> list
         f"select m.batch_id, m.model_role, m.model_version, m.value, m.labelled_rows, d.batch_start "
         f"from {quote(monitoring.METRICS_TABLE)} m "
         f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
-        "where m.customer = ? and m.metric = ? and m.kind = 'realized' and m.model_role in (?, ?)",
-        [customer, metric, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE],
+        f"where m.customer = ? and m.metric = ? and m.kind = 'realized' and m.model_role in (?, ?) and {not_history('m')}",
+        [customer, metric, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE, *NOT_HISTORY_PARAMS],
     )
     comparisons = []
     for (batch, start), rows in frame.groupby(["batch_id", "batch_start"], sort=False, dropna=False):

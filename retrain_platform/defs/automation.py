@@ -32,7 +32,7 @@ from retrain_platform.defs.monitoring import monitor_batch
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
-from retrain_platform.ingest import HISTORY_BATCH, split_batch_partition_key
+from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, schedules
 from retrain_platform.spec import CustomerSpec
@@ -563,7 +563,7 @@ def daily_inference(
     requests = []
     for key in context.instance.get_dynamic_partitions(batches.name):
         customer, batch_id = split_batch_partition_key(key)
-        if key in measured or batch_id == HISTORY_BATCH or customer not in specs:
+        if key in measured or is_history_batch(batch_id) or customer not in specs:
             continue
         if customer not in champions:
             champions[customer] = models.alias_version(specs[customer].model_name, CHAMPION)

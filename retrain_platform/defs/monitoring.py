@@ -2,6 +2,7 @@
 
 import base64
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -68,10 +69,6 @@ def drift_baseline(
     )
 
 
-def _batch(context) -> tuple[str, str]:
-    return split_batch_partition_key(context.partition_key)
-
-
 def _load_models(models: ModelRegistry, spec: CustomerSpec) -> dict[str, tuple[str, Any]]:
     loaded = {}
     champion = models.alias_version(spec.model_name, CHAMPION)
@@ -87,27 +84,64 @@ def _load_models(models: ModelRegistry, spec: CustomerSpec) -> dict[str, tuple[s
     return loaded
 
 
-@dg.asset(partitions_def=batches, group_name="monitoring", kinds={"pandas"}, retry_policy=WAREHOUSE_RETRY)
+# A backfill over many batches (an onboarded customer's history) runs once for all of them, not once per
+# batch: each asset below loops over the run's partition keys.
+ONE_RUN_PER_BACKFILL = dg.BackfillPolicy.single_run()
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="monitoring",
+    kinds={"pandas"},
+    retry_policy=WAREHOUSE_RETRY,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
 def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]) -> dg.MaterializeResult:
     """One ingested batch of a customer's rows, as landed; labels may arrive for it later."""
-    customer, batch_id = _batch(context)
     db = warehouse.get_warehouse()
-    spec = customer_store.load_spec(db, customer)
-    counts = db.query(
-        f'select count(*) as "n", count("{spec.label_column}") as "labelled", min("{spec.timestamp_column}") as "first", '
-        f'max("{spec.timestamp_column}") as "last" from "{spec.landing_table}" where "batch_id" = ?',
-        [batch_id],
-    ).iloc[0]
-    if int(counts["n"]) == 0:
-        raise dg.Failure(f"batch {batch_id!r} of {customer!r} has no rows in {spec.landing_table}", allow_retries=False)
-    return dg.MaterializeResult(
-        metadata={
-            "customer": customer,
-            "rows": dg.MetadataValue.int(int(counts["n"])),
-            "labelled_rows": dg.MetadataValue.int(int(counts["labelled"])),
-            "time_range": f"{counts['first']} .. {counts['last']}",
-        }
-    )
+    described = []
+    for key in context.partition_keys:
+        customer, batch_id = split_batch_partition_key(key)
+        spec = customer_store.load_spec(db, customer)
+        counts = db.query(
+            f'select count(*) as "n", count("{spec.label_column}") as "labelled", min("{spec.timestamp_column}") as "first", '
+            f'max("{spec.timestamp_column}") as "last" from "{spec.landing_table}" where "batch_id" = ?',
+            [batch_id],
+        ).iloc[0]
+        if int(counts["n"]) == 0:
+            raise dg.Failure(f"batch {batch_id!r} of {customer!r} has no rows in {spec.landing_table}", allow_retries=False)
+        described.append(
+            {
+                "batch": key,
+                "rows": int(counts["n"]),
+                "labelled_rows": int(counts["labelled"]),
+                "time_range": f"{counts['first']} .. {counts['last']}",
+            }
+        )
+    if len(described) == 1:
+        only = described[0]
+        return dg.MaterializeResult(
+            metadata={
+                "customer": split_batch_partition_key(only["batch"])[0],
+                "rows": dg.MetadataValue.int(only["rows"]),
+                "labelled_rows": dg.MetadataValue.int(only["labelled_rows"]),
+                "time_range": only["time_range"],
+            }
+        )
+    return dg.MaterializeResult(metadata=_range_metadata(described))
+
+
+def _range_metadata(described: list[dict]) -> dict[str, Any]:
+    """A run over several batches records one materialization per batch with the same metadata (Dagster
+    has no per-partition metadata in a single-run backfill): a table with a row per batch."""
+    frame = pd.DataFrame(described)
+    metadata: dict[str, Any] = {
+        "batches": dg.MetadataValue.int(len(frame)),
+        "per_batch": dg.MetadataValue.md(frame.to_markdown(index=False)),
+    }
+    if "rows" in frame:
+        metadata["rows"] = dg.MetadataValue.int(int(frame["rows"].sum()))
+    return metadata
 
 
 @dg.asset_check(asset=inference_batch, name=INFERENCE_BATCH_QUALITY, blocking=True, partitions_def=batches)
@@ -116,11 +150,24 @@ def inference_batch_quality(
 ) -> dg.AssetCheckResult:
     """The training suite without the label rule: schema and types, categories and ranges, unique ids,
     timestamps that parse and are not in the future. A failing batch is kept but never scored."""
-    customer, batch_id = _batch(context)
     db = warehouse.get_warehouse()
-    spec = customer_store.load_spec(db, customer)
-    rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
-    return blocking_check_result(quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False))
+    keys = context.partition_keys
+    for key in keys:
+        customer, batch_id = split_batch_partition_key(key)
+        spec = customer_store.load_spec(db, customer)
+        rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
+        result = quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False)
+        if len(keys) == 1:
+            return blocking_check_result(result)
+        if not result.success:
+            # One run checks every batch of a backfill: the first failing batch fails it, named.
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"batch {key}: {result.summary()}",
+                metadata=result.to_metadata(),
+            )
+    return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.ERROR, description=f"{len(keys)} batches pass the suite")
 
 
 @dg.asset(
@@ -130,6 +177,7 @@ def inference_batch_quality(
     deps=[inference_batch],
     retry_policy=WAREHOUSE_RETRY,
     automation_condition=FOLLOWS_ITS_BATCH,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 def batch_predictions(
     context: dg.AssetExecutionContext,
@@ -138,21 +186,38 @@ def batch_predictions(
     registry: MlflowRegistry,
 ) -> dg.MaterializeResult:
     """The batch scored by the champion and, in shadow, by the challenger and the previous champion, with the
-    registered pipelines. Re-running a batch replaces its predictions."""
-    customer, batch_id = _batch(context)
+    registered pipelines. Before a first champion is approved, the challenger scores alone, so a reviewer sees
+    how it would have done on the history. Re-running a batch replaces its predictions."""
     db = warehouse.get_warehouse()
-    spec = customer_store.load_spec(db, customer)
-    models = _load_models(registry.get_registry(), spec)
-    if monitoring.CHAMPION_ROLE not in models:
-        raise dg.Failure(f"{customer} has no champion yet: train (and approve) a model before scoring", allow_retries=False)
-    scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows)
+    models_registry = registry.get_registry()
+    loaded: dict[str, dict[str, tuple[str, Any]]] = {}
+    described = []
+    for key in context.partition_keys:
+        customer, batch_id = split_batch_partition_key(key)
+        spec = customer_store.load_spec(db, customer)
+        if customer not in loaded:
+            loaded[customer] = _load_models(models_registry, spec)
+        models = loaded[customer]
+        if not models:
+            raise dg.Failure(f"{customer} has no model yet: train a model before scoring", allow_retries=False)
+        scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows)
+        row: dict[str, Any] = {"batch": key, "rows": scored.rows, "labelled_rows": scored.labelled_rows}
+        for role, version in scored.versions.items():
+            row[f"{role}_version"] = version
+            row[f"{role}_mean_score"] = round(float(scored.mean_score[role]), 4)
+        described.append(row)
+    if len(described) > 1:
+        return dg.MaterializeResult(metadata=_range_metadata(described))
+    only = described[0]
     metadata: dict[str, Any] = {
-        "rows": dg.MetadataValue.int(scored.rows),
-        "labelled_rows": dg.MetadataValue.int(scored.labelled_rows),
+        "rows": dg.MetadataValue.int(only["rows"]),
+        "labelled_rows": dg.MetadataValue.int(only["labelled_rows"]),
     }
-    for role, version in scored.versions.items():
-        metadata[f"{role}_version"] = version
-        metadata[f"{role}_mean_score"] = dg.MetadataValue.float(scored.mean_score[role])
+    for name, value in only.items():
+        if name.endswith("_version"):
+            metadata[name] = value
+        elif name.endswith("_mean_score"):
+            metadata[name] = dg.MetadataValue.float(value)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -163,6 +228,7 @@ def batch_predictions(
     deps=[batch_predictions],
     retry_policy=WAREHOUSE_RETRY,
     automation_condition=FOLLOWS_ITS_BATCH,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
 )
 def drift_report(
     context: dg.AssetExecutionContext,
@@ -174,15 +240,48 @@ def drift_report(
     """Per feature: the test or distance used, its value, the threshold and the verdict; the share of drifted
     features and the dataset verdict; drift of the champion's predictions; the realized metrics of the
     champion and the shadow models on labelled rows, and a label-free estimate of the champion's."""
-    customer, batch_id = _batch(context)
     db = warehouse.get_warehouse()
-    spec = customer_store.load_spec(db, customer)
     models_registry = registry.get_registry()
+    if len(context.partition_keys) == 1:
+        return _measure(db, models_registry, clock, config, context.partition_key).metadata
+    described = []
+    for key in context.partition_keys:
+        measured = _measure(db, models_registry, clock, config, key)
+        described.append(
+            {
+                "batch": key,
+                "rows": measured.report.rows,
+                "labelled_rows": measured.report.labelled_rows,
+                "drift_share": round(float(measured.report.drift.drift_share), 3),
+                "dataset_drifted": bool(measured.report.drift.dataset_drifted),
+                "drifted_columns": ", ".join(measured.report.drift.drifted_columns) or "-",
+                **{
+                    f"realized_{role}_{measured.spec.primary_metric}": round(_finite(m[measured.spec.primary_metric]), 4)
+                    for role, m in measured.report.realized.items()
+                },
+            }
+        )
+    metadata = _range_metadata(described)
+    metadata["drifted_batches"] = dg.MetadataValue.int(sum(row["dataset_drifted"] for row in described))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dataclass
+class _Measured:
+    spec: CustomerSpec
+    report: monitoring.BatchReport
+    metadata: dg.MaterializeResult
+
+
+def _measure(db, models_registry: ModelRegistry, clock: Clock, config: BatchConfig, key: str) -> _Measured:
+    customer, batch_id = split_batch_partition_key(key)
+    spec = customer_store.load_spec(db, customer)
     versions = monitoring.scored_versions(db, customer, batch_id)
-    if monitoring.CHAMPION_ROLE not in versions:
+    serving = monitoring.serving_role(versions)
+    if serving is None:
         raise dg.Failure(f"batch {batch_id} of {customer} has not been scored: materialize batch_predictions first", allow_retries=False)
     models = {role: (version, models_registry.load(spec.model_name, version)) for role, version in versions.items()}
-    run_id = models_registry.version_run_id(spec.model_name, versions[monitoring.CHAMPION_ROLE])
+    run_id = models_registry.version_run_id(spec.model_name, versions[serving])
     baseline = drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
     report = monitoring.measure_batch(db, spec, batch_id, baseline, models, chunk_rows=config.chunk_rows)
     monitoring.store_report(db, spec, batch_id, report, versions, measured_at=clock.now())
@@ -196,6 +295,8 @@ def drift_report(
         "labelled_rows": dg.MetadataValue.int(report.labelled_rows),
         "features": dg.MetadataValue.md(_drift_table(columns)),
     }
+    if serving != monitoring.CHAMPION_ROLE:
+        metadata["scored_by"] = f"{serving} version {versions[serving]} (no champion yet)"
     for row in columns.itertuples():
         metadata[f"statistic/{row.column}"] = dg.MetadataValue.float(_finite(row.statistic))
     if report.drift.prediction_drift is not None:
@@ -208,7 +309,7 @@ def drift_report(
         metadata[f"realized_{role}_{spec.primary_metric}"] = dg.MetadataValue.float(_finite(metrics[spec.primary_metric]))
     history = monitoring.metric_history(db, customer, spec.primary_metric)
     metadata["chart"] = dg.MetadataValue.md(_chart(columns, history, spec.primary_metric, batch_id))
-    return dg.MaterializeResult(metadata=metadata)
+    return _Measured(spec, report, dg.MaterializeResult(metadata=metadata))
 
 
 def _finite(value: Any) -> float:
