@@ -93,6 +93,8 @@ def prepare(frame: pd.DataFrame, request: OnboardingRequest) -> PreparedHistory:
     columns = list(frame.columns)
     if request.label not in frame.columns:
         raise OnboardingError(f"label column {request.label!r} is not in the file (columns: {columns})")
+    if frame[request.label].isna().all():
+        raise OnboardingError(f"label column {request.label!r} has no values: onboarding trains on labelled history")
     timestamp = request.timestamp or infer_timestamp_column(frame, exclude={request.label, request.id_column})
     for option, column in (("--timestamp", timestamp), ("--id", request.id_column)):
         if column is not None and column not in frame.columns:
@@ -161,7 +163,8 @@ def _parses_as_dates(values: pd.Series, sample: int = 200) -> bool:
     if head.empty or head.str.fullmatch(r"[-+]?\d+(\.\d+)?").all():
         return False
     parsed = pd.to_datetime(head, errors="coerce", format="mixed", utc=True)
-    return bool(parsed.notna().all())
+    # Mostly dates is a timestamp column with a few bad values, which the validation then names.
+    return bool(parsed.notna().mean() >= 0.9)
 
 
 def _refuse_uninformative(frame: pd.DataFrame, names: list[str]) -> None:

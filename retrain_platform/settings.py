@@ -17,6 +17,8 @@ PRODUCTION = "production"
 
 # The run tag that names the customer a run works for; the queue allows one run per customer at a time.
 CUSTOMER_TAG = "retrain/customer"
+# Why a run exists (a sensor, a schedule, onboarding); a backfill passes it to its runs as a tag, not config.
+TRIGGER_TAG = "retrain/trigger"
 
 # One writer at a time per DuckDB file: the queued run coordinator keeps runs from overlapping, so any
 # number of runs launched at once (one per customer, from sensors or the UI) wait their turn. The

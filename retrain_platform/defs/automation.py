@@ -34,7 +34,7 @@ from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
 from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
-from retrain_platform.settings import CUSTOMER_TAG, schedules
+from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG, schedules
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.triggers import Trigger
 from retrain_platform.warehouse import Warehouse
@@ -49,7 +49,6 @@ DAILY_INFERENCE = "daily_inference"
 WEEKLY_RETRAINING = "weekly_retraining"
 MONITORING_AUTOMATION = "monitoring_automation"
 
-TRIGGER_TAG = "retrain/trigger"
 EVIDENCE_TAG = "retrain/evidence"
 TRAINING_OPS_WITH_TRIGGER = ("candidate_models", "deployed_model")
 MAX_TAG_LENGTH = 1000

@@ -30,7 +30,7 @@ from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
 from retrain_platform.defs.training import WAREHOUSE_RETRY, WarehouseProvider
 from retrain_platform.ingest import batch_partition_key
 from retrain_platform.registry import CHALLENGER, CHAMPION
-from retrain_platform.settings import CUSTOMER_TAG
+from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG
 from retrain_platform.warehouse import quote
 
 ONBOARDING_TRAINING_SENSOR = "onboarding_training_sensor"
@@ -107,10 +107,10 @@ def history_partitions(db, spec) -> list[str]:
     return [batch_partition_key(spec.customer, batch) for batch in frame["batch_id"]]
 
 
-def _stage_request(stage: str, key: str, customer: str, subset: AssetGraphSubset, config=None) -> dg.RunRequest:
-    tags = {ONBOARDING_TAG: key, STAGE_TAG: stage, CUSTOMER_TAG: customer, "retrain/trigger": "onboarding"}
-    request = dg.RunRequest.for_asset_graph_subset(subset, tags=tags)
-    return request.with_replaced_attrs(run_config=config) if config else request
+def _stage_request(stage: str, key: str, customer: str, subset: AssetGraphSubset) -> dg.RunRequest:
+    # A backfill request carries no run config: the training reads its trigger from the runs' tags.
+    tags = {ONBOARDING_TAG: key, STAGE_TAG: stage, CUSTOMER_TAG: customer, TRIGGER_TAG: f"onboarding: {key}"}
+    return dg.RunRequest.for_asset_graph_subset(subset, tags=tags)
 
 
 def advance_onboardings(
@@ -133,9 +133,8 @@ def advance_onboardings(
         stalled = (now - pd.Timestamp(row.updated_at).to_pydatetime()).total_seconds() > LOST_REQUEST_SECONDS
         if stage == TRAINING_STAGE:
             if not training and (row.status == onboarding.REQUESTED or stalled):
-                config = {"ops": {op: {"config": {"trigger": "onboarding"}} for op in ("candidate_models", "deployed_model")}}
                 subset = _subset(context, TRAINING_GROUP, [customer])
-                requests.append(_stage_request(TRAINING_STAGE, key, customer, subset, config))
+                requests.append(_stage_request(TRAINING_STAGE, key, customer, subset))
                 onboarding.record(db, customer, onboarding.TRAINING, now, message="training backfill requested")
                 notes.append(f"{customer}: training backfill requested")
             elif training and training[0].status in UNSUCCESSFUL and row.status != onboarding.FAILED:

@@ -23,6 +23,7 @@ from retrain_platform.modelling import (
     train_candidates,
 )
 from retrain_platform.registry import CHALLENGER, CHAMPION
+from retrain_platform.settings import TRIGGER_TAG
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.status import HOLDOUT_TAG_PREFIX
 from retrain_platform.warehouse import Warehouse
@@ -72,6 +73,13 @@ class Deployment:
     action: str
     sample: pd.DataFrame
     expected_scores: np.ndarray | None
+
+
+def run_trigger(context: dg.AssetExecutionContext, config: TrainingConfig) -> str:
+    """The config's trigger, else the run's trigger tag (backfill runs carry tags, not config), else manual."""
+    if config.trigger != TrainingConfig().trigger:
+        return config.trigger
+    return context.run.tags.get(TRIGGER_TAG, config.trigger)
 
 
 def _spec(warehouse: WarehouseProvider, customer: str) -> CustomerSpec:
@@ -226,7 +234,7 @@ def candidate_models(
     )
     candidates = train_candidates(features, settings)
     best = best_candidate(candidates)
-    tags = {"dagster_run_id": context.run_id, "customer": spec.customer, "trigger": config.trigger}
+    tags = {"dagster_run_id": context.run_id, "customer": spec.customer, "trigger": run_trigger(context, config)}
     input_example = features.X_holdout.head(5)
     logged = {}
     with models.start_training_run(spec.customer, run_name=f"training {context.run_id[:8]}", tags=tags):
@@ -371,7 +379,7 @@ def deployed_model(
             to_version=challenger,
             champion_after=after,
             reasons=reasons,
-            trigger=config.trigger,
+            trigger=run_trigger(context, config),
             dagster_run_id=context.run_id,
             data_version=_training_data_version(context),
             # The clock, not the wall: the cooldown between trainings is measured on this timestamp.
