@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from retrain_platform import customers, ledger
+from retrain_platform import customers, ledger, onboarding
 from retrain_platform.registry import CHAMPION, ModelRegistry
 from retrain_platform.warehouse import Warehouse
 
-STATUS_KEYS = ("customer", "mode", "champion_version", "primary_metric", "champion_metric", "last_verdict", "promotions")
+STATUS_KEYS = (
+    "customer",
+    "mode",
+    "champion_version",
+    "primary_metric",
+    "champion_metric",
+    "last_verdict",
+    "promotions",
+    "onboarding",
+)
 HOLDOUT_TAG_PREFIX = "holdout_"
 
 
 def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]:
     history = ledger.history(warehouse)
+    states = onboarding.all_statuses(warehouse)
+    onboarding_state = dict(zip(states["customer"], states["status"]))
     rows = []
     for spec in customers.list_specs(warehouse):
         champion = registry.alias_version(spec.model_name, CHAMPION)
@@ -29,6 +40,8 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
                 "champion_metric": metric,
                 "last_verdict": None if mine.empty else str(mine["verdict"].iloc[-1]),
                 "promotions": int(mine["action"].isin(["promote", "approve"]).sum()),
+                # Customers set up before `onboard` existed (the demo) have no onboarding record: they are live.
+                "onboarding": onboarding_state.get(spec.customer, onboarding.READY),
             }
         )
     return rows

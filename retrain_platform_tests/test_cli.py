@@ -23,6 +23,7 @@ STATUS_JSON_KEYS = [
     "champion_metric",
     "last_verdict",
     "promotions",
+    "onboarding",
 ]
 
 # A Python warning on stderr is two lines: "path:line: SomeWarning: message" and the indented source line.

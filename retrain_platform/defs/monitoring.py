@@ -137,7 +137,7 @@ def _range_metadata(described: list[dict]) -> dict[str, Any]:
     frame = pd.DataFrame(described)
     metadata: dict[str, Any] = {
         "batches": dg.MetadataValue.int(len(frame)),
-        "per_batch": dg.MetadataValue.md(frame.to_markdown(index=False)),
+        "per_batch": dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=".4g")),
     }
     if "rows" in frame:
         metadata["rows"] = dg.MetadataValue.int(int(frame["rows"].sum()))
@@ -204,7 +204,7 @@ def batch_predictions(
         row: dict[str, Any] = {"batch": key, "rows": scored.rows, "labelled_rows": scored.labelled_rows}
         for role, version in scored.versions.items():
             row[f"{role}_version"] = version
-            row[f"{role}_mean_score"] = round(float(scored.mean_score[role]), 4)
+            row[f"{role}_mean_score"] = float(scored.mean_score[role])
         described.append(row)
     if len(described) > 1:
         return dg.MaterializeResult(metadata=_range_metadata(described))
