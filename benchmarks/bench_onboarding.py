@@ -150,7 +150,9 @@ def main() -> int:
     ready = int((onboarding.all_statuses(warehouse)["status"] == onboarding.READY).sum())
     print(f"\nready: {ready}/{len(plan)} customers, champions: {champions}, runs: {len(runs)} ({ok} succeeded)")
     print(f"wall time until every onboarding was done: {elapsed:.0f} s ({elapsed / len(plan):.1f} s per customer)")
-    print(f"peak memory of the process tree: {sampler.peak_total:,.0f} MB in all, {sampler.peak_single:,.0f} MB in one process")
+    print(
+        f"peak memory of the process tree: {sampler.peak_total:,.0f} MB in all, {sampler.peak_single:,.0f} MB in one process"
+    )
     return 0 if ready == len(plan) else 1
 
 

@@ -266,10 +266,19 @@ def cmd_ingest(args) -> int:
 
     _, warehouse, _ = _resources()
     spec = load_spec(warehouse, args.customer)
+    _refuse_offboarded(warehouse, spec.customer)
     frame = read_source(args.source)
     for line in ingest_and_monitor(warehouse, spec, frame, batch_id=args.batch, monitor=not args.no_monitor):
         print(line)
     return 0
+
+
+def _refuse_offboarded(warehouse, customer: str) -> None:
+    from retrain_platform import onboarding
+
+    state = onboarding.status(warehouse, customer)
+    if state is not None and state["status"] == onboarding.OFFBOARDED:
+        raise CommandError(f"{customer} is offboarded: onboard it again with --reuse to train or ingest")
 
 
 def cmd_status(args) -> int:
@@ -295,6 +304,7 @@ def cmd_train(args) -> int:
 
     _, warehouse, _ = _resources()
     load_spec(warehouse, args.customer)
+    _refuse_offboarded(warehouse, args.customer)
     result = run_training(args.customer)
     print(f"run {result.run_id}: {'succeeded' if result.success else 'failed'}")
     if not result.success:

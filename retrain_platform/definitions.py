@@ -3,8 +3,8 @@
 import dagster as dg
 
 from retrain_platform.defs.automation import automation_jobs, automation_schedules, automation_sensors
-from retrain_platform.defs.onboarding import onboarding_assets, onboarding_sensors
 from retrain_platform.defs.monitoring import drift_baseline, monitor_batch, monitoring_assets, monitoring_checks
+from retrain_platform.defs.onboarding import onboarding_assets, onboarding_sensors
 from retrain_platform.defs.resources import resources_for_environment
 from retrain_platform.defs.training import train_customer, training_assets, training_checks
 

@@ -155,7 +155,9 @@ def infer_timestamp_column(frame: pd.DataFrame, exclude: set) -> str:
         raise OnboardingError(f"several columns could be the timestamp ({typed or named}): pass --timestamp COL")
     if named:
         return named[0]
-    raise OnboardingError("no timestamp column found (no datetime column, none named like 'timestamp'): pass --timestamp COL")
+    raise OnboardingError(
+        "no timestamp column found (no datetime column, none named like 'timestamp'): pass --timestamp COL"
+    )
 
 
 def _parses_as_dates(values: pd.Series, sample: int = 200) -> bool:
@@ -260,8 +262,17 @@ def record(warehouse: Warehouse, customer: str, state: str, now: datetime, **fie
         "message": fields.get("message", ""),
     }
     frame = pd.DataFrame([row]).astype(
-        {"customer": "string", "status": "string", "mode": "string", "source": "string", "batch_period": "string",
-         "message": "string", "rows": "Int64", "labelled_rows": "Int64", "batches": "Int64"}
+        {
+            "customer": "string",
+            "status": "string",
+            "mode": "string",
+            "source": "string",
+            "batch_period": "string",
+            "message": "string",
+            "rows": "Int64",
+            "labelled_rows": "Int64",
+            "batches": "Int64",
+        }
     )
     frame["requested_at"] = pd.to_datetime(frame["requested_at"])
     frame["updated_at"] = pd.to_datetime(frame["updated_at"])

@@ -76,14 +76,28 @@ def test_auto_period_is_the_finest_with_at_most_24_batches():
     ("change", "fragments"),
     [
         (lambda f: f.drop(columns=["churned"]), ["label column 'churned' is not in the file"]),
-        (lambda f: f.assign(snapshot_at=f["snapshot_at"].where(f.index != 7, "not a date")), ["'snapshot_at'", "unparseable", "not a date"]),
+        (
+            lambda f: f.assign(snapshot_at=f["snapshot_at"].where(f.index != 7, "not a date")),
+            ["'snapshot_at'", "unparseable", "not a date"],
+        ),
         (lambda f: f.assign(region="eu"), ["'region' (constant: 'eu')", "--features"]),
         (lambda f: f.assign(notes=np.nan), ["'notes' (all null)"]),
         (lambda f: f.head(150), ["only 150 labelled row(s)", "at least 200"]),
-        (lambda f: f.assign(subscriber_id=f["subscriber_id"].where(f.index != 5, f["subscriber_id"][4])), ["'subscriber_id'", "appears more than once"]),
+        (
+            lambda f: f.assign(subscriber_id=f["subscriber_id"].where(f.index != 5, f["subscriber_id"][4])),
+            ["'subscriber_id'", "appears more than once"],
+        ),
         (lambda f: f.assign(churned=np.nan), ["label column 'churned' has no values"]),
     ],
-    ids=["missing_label", "unparseable_timestamp", "constant_column", "all_null_column", "too_few_rows", "id_clash", "no_labels"],
+    ids=[
+        "missing_label",
+        "unparseable_timestamp",
+        "constant_column",
+        "all_null_column",
+        "too_few_rows",
+        "id_clash",
+        "no_labels",
+    ],
 )
 def test_each_validation_error_names_the_column_and_the_rule(change, fragments):
     with pytest.raises(OnboardingError) as error:
@@ -215,7 +229,13 @@ def test_the_sensors_backfill_training_then_the_history_then_mark_the_customer_r
     assert training.tags[ONBOARDING_TAG] == key and training.tags[STAGE_TAG] == TRAINING_STAGE
     subset = training.asset_graph_subset
     assert {k.to_user_string() for k in subset.asset_keys} == {
-        "data_profile", "training_dataset", "features", "candidate_models", "evaluation_report", "deployed_model", "drift_baseline"
+        "data_profile",
+        "training_dataset",
+        "features",
+        "candidate_models",
+        "evaluation_report",
+        "deployed_model",
+        "drift_baseline",
     }
     assert all(list(subset.get_partitions_subset(k).get_partition_keys()) == ["acme"] for k in subset.asset_keys)
     assert training.tags["retrain/trigger"] == f"onboarding: {key}"  # the ledger's trigger column

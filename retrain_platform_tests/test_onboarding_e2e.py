@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,19 +52,36 @@ def onboarded(tmp_path_factory) -> Onboarded:
     root = tmp_path_factory.mktemp("onboarding")
     home = Home(root / "home").ensure()
     csv, parquet = root / "acme.csv", root / "globex.parquet"
-    generate_customer_frame("lumen-streaming", ROWS, start="2026-05-01", end="2026-08-01", rng=1).to_csv(csv, index=False)
-    generate_customer_frame("corner-market", ROWS, start="2026-05-01", end="2026-08-01", rng=2).to_parquet(parquet, index=False)
+    generate_customer_frame("lumen-streaming", ROWS, start="2026-05-01", end="2026-08-01", rng=1).to_csv(
+        csv, index=False
+    )
+    generate_customer_frame("corner-market", ROWS, start="2026-05-01", end="2026-08-01", rng=2).to_parquet(
+        parquet, index=False
+    )
     env = {**os.environ, "RETRAIN_HOME": str(home.root), "DAGSTER_HOME": str(home.dagster_home), "RETRAIN_ENV": "local"}
     daemon_log = root / "daemon.log"
     daemon = start([str(BIN / "dagster-daemon"), "run", "-m", "retrain_platform.definitions"], env, daemon_log)
     try:
         commands = {
-            "acme": ["onboard", "acme", "--source", str(csv), "--label", "churned", "--id", "subscriber_id", "--mode", "auto"],
+            "acme": [
+                "onboard",
+                "acme",
+                "--source",
+                str(csv),
+                "--label",
+                "churned",
+                "--id",
+                "subscriber_id",
+                "--mode",
+                "auto",
+            ],
             "globex": ["onboard", "globex", "--source", str(parquet), "--label", "is_fraud", "--id", "order_id"],
         }
         processes = {}
         for name, command in commands.items():
-            processes[name] = cli(*command, "--batch-period", "month", "--wait", home=home.root, cwd=root, background=True)
+            processes[name] = cli(
+                *command, "--batch-period", "month", "--wait", home=home.root, cwd=root, background=True
+            )
         outputs = {}
         for name, process in processes.items():
             stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
@@ -73,7 +89,9 @@ def onboarded(tmp_path_factory) -> Onboarded:
     finally:
         stop(daemon)
     for name, output in outputs.items():
-        assert output.returncode == 0, f"{name}:\n{output.stdout}\n{output.stderr[-3000:]}\n{daemon_log.read_text()[-3000:]}"
+        assert output.returncode == 0, (
+            f"{name}:\n{output.stdout}\n{output.stderr[-3000:]}\n{daemon_log.read_text()[-3000:]}"
+        )
     return Onboarded(root, home, {"acme": csv, "globex": parquet}, outputs, {"acme": ROWS, "globex": ROWS})
 
 
@@ -96,7 +114,9 @@ def test_csv_and_parquet_customers_are_onboarded_through_two_backfills_of_one_ru
                 assert runs[0].dagster_run.tags[CUSTOMER_TAG] == customer
             measured = instance.get_materialized_partitions(dg.AssetKey("drift_report"))
             assert sorted(k for k in measured if k.startswith(f"{customer}.")) == [
-                f"{customer}.history-2026-05", f"{customer}.history-2026-06", f"{customer}.history-2026-07"
+                f"{customer}.history-2026-05",
+                f"{customer}.history-2026-06",
+                f"{customer}.history-2026-07",
             ]
             assert customer in instance.get_materialized_partitions(dg.AssetKey("data_profile"))
         check = dg.AssetCheckKey(dg.AssetKey("inference_batch"), "inference_batch_quality")
@@ -118,7 +138,9 @@ def test_csv_and_parquet_customers_are_onboarded_through_two_backfills_of_one_ru
     assert registry.alias_version("retrain-globex", CHAMPION) is None
     assert registry.alias_version("retrain-globex", CHALLENGER) == "1"
     assert ledger.history(warehouse, "globex")["action"].tolist() == ["await_approval"]
-    roles = warehouse.query(f'select customer, model_role, count(*) as n from "{PREDICTIONS_TABLE}" group by 1, 2 order by 1')
+    roles = warehouse.query(
+        f'select customer, model_role, count(*) as n from "{PREDICTIONS_TABLE}" group by 1, 2 order by 1'
+    )
     assert roles.values.tolist() == [["acme", "champion", ROWS], ["globex", "challenger", ROWS]]
     drift = warehouse.query(f'select customer, count(*) as n from "{DRIFT_BATCHES_TABLE}" group by 1 order by 1')
     assert drift.values.tolist() == [["acme", 3], ["globex", 3]]
@@ -135,12 +157,18 @@ def test_the_second_customers_backfill_leaves_the_first_customers_models_and_led
     warehouse, registry = resources["warehouse"].get_warehouse(), resources["registry"].get_registry()
     with dg.DagsterInstance.from_config(str(onboarded.home.dagster_home)) as instance:
         runs = instance.get_run_records()
-        by_customer = {name: [r for r in runs if r.dagster_run.tags.get(CUSTOMER_TAG) == name] for name in ("acme", "globex")}
+        by_customer = {
+            name: [r for r in runs if r.dagster_run.tags.get(CUSTOMER_TAG) == name] for name in ("acme", "globex")
+        }
     assert len(runs) == 4 and all(len(found) == 2 for found in by_customer.values())
     # Every partition a globex run touched is globex's.
     for record in by_customer["globex"]:
         tags = record.dagster_run.tags
-        touched = [tags.get("dagster/partition"), tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")]
+        touched = [
+            tags.get("dagster/partition"),
+            tags.get("dagster/asset_partition_range_start"),
+            tags.get("dagster/asset_partition_range_end"),
+        ]
         assert all(key.split(".")[0] == "globex" for key in touched if key)
     # acme has one model version and one ledger row, both written by acme's own training run.
     assert [str(v.version) for v in registry.client.search_model_versions("name='retrain-acme'")] == ["1"]
@@ -148,7 +176,9 @@ def test_the_second_customers_backfill_leaves_the_first_customers_models_and_led
     acme_runs = {r.dagster_run.run_id for r in by_customer["acme"]}
     assert len(history) == 1 and history["dagster_run_id"].iloc[0] in acme_runs
     assert registry.alias_version("retrain-acme", CHAMPION) == "1"
-    versions = warehouse.query(f'select distinct model_version from "{DRIFT_BATCHES_TABLE}" where customer = ?', ["acme"])
+    versions = warehouse.query(
+        f'select distinct model_version from "{DRIFT_BATCHES_TABLE}" where customer = ?', ["acme"]
+    )
     assert versions["model_version"].tolist() == ["1"]
 
 
@@ -168,9 +198,13 @@ def test_offboard_keeps_everything_and_onboarding_again_needs_reuse(onboarded):
     assert len(ledger.history(warehouse, "acme")) == 1 and registry.alias_version("retrain-acme", CHAMPION) == "1"
     assert warehouse.query('select count(*) as n from "landing_acme"')["n"].iloc[0] == ROWS
 
+    assert_one_line_error(cli("train", "acme", home=home.root, cwd=root), "acme is offboarded", "--reuse")
     again = ["onboard", "acme", "--source", str(csv), "--label", "churned", "--id", "subscriber_id"]
     assert_one_line_error(cli(*again, home=home.root, cwd=root), "acme", "was offboarded", "pass --reuse")
-    assert_one_line_error(cli(*again[:2], "--source", str(csv), "--label", "nope", "--reuse", home=home.root, cwd=root), "label column 'nope'")
+    assert_one_line_error(
+        cli(*again[:2], "--source", str(csv), "--label", "nope", "--reuse", home=home.root, cwd=root),
+        "label column 'nope'",
+    )
     reused = cli(*again, "--reuse", home=home.root, cwd=root)
     assert reused.returncode == 0, reused.stderr
     assert "no Dagster daemon is running" in reused.stdout

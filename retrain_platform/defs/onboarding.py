@@ -50,7 +50,9 @@ LOST_REQUEST_SECONDS = 180
 
 
 @dg.asset(partitions_def=customers, group_name=TRAINING_GROUP, kinds={"pandas"}, retry_policy=WAREHOUSE_RETRY)
-def data_profile(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]) -> dg.MaterializeResult:
+def data_profile(
+    context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
+) -> dg.MaterializeResult:
     """What a data scientist reads before trusting a model: per column its type, missing share, distribution,
     cardinality and association with the label, the label's balance over time, and warnings (constant
     columns, id-like categoricals, possible target leakage, label shifts). Kept as JSON in `data_profiles`."""
@@ -138,7 +140,14 @@ def advance_onboardings(
                 onboarding.record(db, customer, onboarding.TRAINING, now, message="training backfill requested")
                 notes.append(f"{customer}: training backfill requested")
             elif training and training[0].status in UNSUCCESSFUL and row.status != onboarding.FAILED:
-                _fail(db, alerts, context, customer, now, f"training backfill {training[0].backfill_id} ended {training[0].status.value}")
+                _fail(
+                    db,
+                    alerts,
+                    context,
+                    customer,
+                    now,
+                    f"training backfill {training[0].backfill_id} ended {training[0].status.value}",
+                )
             continue
         if not training or training[0].status not in SUCCEEDED:
             continue
@@ -149,7 +158,11 @@ def advance_onboardings(
                 keys = history_partitions(db, spec)
                 requests.append(_stage_request(HISTORY_STAGE, key, customer, _subset(context, MONITORING_GROUP, keys)))
                 onboarding.record(
-                    db, customer, onboarding.SCORING_HISTORY, now, message=f"history backfill of {len(keys)} batches requested"
+                    db,
+                    customer,
+                    onboarding.SCORING_HISTORY,
+                    now,
+                    message=f"history backfill of {len(keys)} batches requested",
                 )
                 notes.append(f"{customer}: history backfill requested ({len(keys)} batches)")
         elif history[0].status in SUCCEEDED:
@@ -158,7 +171,14 @@ def advance_onboardings(
             alerts.send(db, Alert(now, customer, ONBOARDED, message), log=context.log)
             notes.append(f"{customer}: ready")
         elif history[0].status in UNSUCCESSFUL and row.status != onboarding.FAILED:
-            _fail(db, alerts, context, customer, now, f"history backfill {history[0].backfill_id} ended {history[0].status.value}")
+            _fail(
+                db,
+                alerts,
+                context,
+                customer,
+                now,
+                f"history backfill {history[0].backfill_id} ended {history[0].status.value}",
+            )
     if not requests:
         return dg.SkipReason("; ".join(notes) or "onboardings in progress: waiting for their backfills")
     return dg.SensorResult(run_requests=requests)
