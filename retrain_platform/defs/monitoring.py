@@ -246,7 +246,8 @@ def drift_report(
         return _measure(db, models_registry, clock, config, context.partition_key).metadata
     described = []
     for key in context.partition_keys:
-        measured = _measure(db, models_registry, clock, config, key)
+        # One materialization's metadata stands for every batch of the run: no per-batch chart to draw.
+        measured = _measure(db, models_registry, clock, config, key, chart=False)
         described.append(
             {
                 "batch": key,
@@ -273,7 +274,9 @@ class _Measured:
     metadata: dg.MaterializeResult
 
 
-def _measure(db, models_registry: ModelRegistry, clock: Clock, config: BatchConfig, key: str) -> _Measured:
+def _measure(
+    db, models_registry: ModelRegistry, clock: Clock, config: BatchConfig, key: str, chart: bool = True
+) -> _Measured:
     customer, batch_id = split_batch_partition_key(key)
     spec = customer_store.load_spec(db, customer)
     versions = monitoring.scored_versions(db, customer, batch_id)
@@ -307,8 +310,9 @@ def _measure(db, models_registry: ModelRegistry, clock: Clock, config: BatchConf
         metadata[f"estimated_{name}"] = dg.MetadataValue.float(_finite(value))
     for role, metrics in report.realized.items():
         metadata[f"realized_{role}_{spec.primary_metric}"] = dg.MetadataValue.float(_finite(metrics[spec.primary_metric]))
-    history = monitoring.metric_history(db, customer, spec.primary_metric)
-    metadata["chart"] = dg.MetadataValue.md(_chart(columns, history, spec.primary_metric, batch_id))
+    if chart:
+        history = monitoring.metric_history(db, customer, spec.primary_metric)
+        metadata["chart"] = dg.MetadataValue.md(_chart(columns, history, spec.primary_metric, batch_id))
     return _Measured(spec, report, dg.MaterializeResult(metadata=metadata))
 
 
