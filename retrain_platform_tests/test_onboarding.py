@@ -286,3 +286,44 @@ def test_offboarding_removes_the_partitions_so_no_sensor_sees_the_customer(senso
 
     assert customer_specs(platform.instance, platform.warehouse) == []
     assert platform.warehouse.query('select count(*) as n from "landing_acme"')["n"].iloc[0] == len(prepared.history)
+
+
+# ------------------------------------------------------------------------- a history backfill's single run
+
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def test_one_run_scores_and_measures_every_history_batch_and_a_bad_batch_is_named(platform):
+    prepared = onboarding.prepare(history_csv_like(), request(batch_period="month"))
+    onboarding.load_history(platform.warehouse, prepared, pd.Timestamp("2026-11-01").to_pydatetime())
+    add_customer_partitions(platform.instance, "acme", prepared.batch_ids)
+    assert platform.train("acme").success
+    first, last = (f"acme.{b}" for b in (prepared.batch_ids[0], prepared.batch_ids[-1]))
+    job = platform.defs.resolve_job_def("monitor_batch")
+
+    result = job.execute_in_process(instance=platform.instance, tags={RANGE_START: first, RANGE_END: last})
+    assert result.success
+    materialized = [e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["drift_report"]]
+    assert sorted(materialized) == [f"acme.{b}" for b in prepared.batch_ids]
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed and check.description == "4 batches pass the suite"
+    # approve mode: no champion, so the challenger scored each batch; each has its own drift row.
+    predictions = platform.warehouse.query('select batch_id, model_role, count(*) as n from "batch_predictions" group by 1, 2')
+    assert set(predictions["model_role"]) == {"challenger"}
+    assert predictions.set_index("batch_id")["n"].to_dict() == prepared.history.groupby("batch_id").size().to_dict()
+    drift = platform.warehouse.query('select batch_id, model_version from "drift_batches" order by batch_id')
+    assert drift["batch_id"].tolist() == prepared.batch_ids and set(drift["model_version"]) == {"1"}
+
+    platform.warehouse.execute(
+        """update "landing_acme" set "snapshot_at" = timestamp '2099-01-01' where "batch_id" = 'history-2026-05'"""
+    )
+    platform.warehouse.execute('delete from "batch_predictions"')
+    failed = job.execute_in_process(
+        instance=platform.instance, tags={RANGE_START: first, RANGE_END: last}, raise_on_error=False
+    )
+    assert not failed.success
+    (check,) = failed.get_asset_check_evaluations()
+    assert not check.passed
+    assert check.description.startswith("batch acme.history-2026-05: ") and "snapshot_at" in check.description
+    assert platform.warehouse.query('select count(*) as n from "batch_predictions"')["n"].iloc[0] == 0

@@ -20,7 +20,7 @@ from retrain_platform.defs.training import (
     blocking_check_result,
     utc_now,
 )
-from retrain_platform.ingest import split_batch_partition_key
+from retrain_platform.ingest import batch_partition_key, split_batch_partition_key
 from retrain_platform.modelling import FeatureSet
 from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
 from retrain_platform.spec import CustomerSpec
@@ -152,22 +152,41 @@ def inference_batch_quality(
     timestamps that parse and are not in the future. A failing batch is kept but never scored."""
     db = warehouse.get_warehouse()
     keys = context.partition_keys
-    for key in keys:
-        customer, batch_id = split_batch_partition_key(key)
+    if len(keys) == 1:
+        customer, batch_id = split_batch_partition_key(keys[0])
         spec = customer_store.load_spec(db, customer)
         rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
-        result = quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False)
-        if len(keys) == 1:
-            return blocking_check_result(result)
-        if not result.success:
-            # One run checks every batch of a backfill: the first failing batch fails it, named.
-            return dg.AssetCheckResult(
-                passed=False,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=f"batch {key}: {result.summary()}",
-                metadata=result.to_metadata(),
-            )
-    return dg.AssetCheckResult(passed=True, severity=dg.AssetCheckSeverity.ERROR, description=f"{len(keys)} batches pass the suite")
+        return blocking_check_result(quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False))
+    # A backfill's batches are checked in one validation per customer (ids unique across them, too); only
+    # when one fails are they checked one by one, to name the first failing batch.
+    by_customer: dict[str, list[str]] = {}
+    for key in keys:
+        customer, batch_id = split_batch_partition_key(key)
+        by_customer.setdefault(customer, []).append(batch_id)
+    for customer, batch_ids in by_customer.items():
+        spec = customer_store.load_spec(db, customer)
+        marks = ", ".join("?" for _ in batch_ids)
+        rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" in ({marks})', batch_ids)
+        together = quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False)
+        if together.success:
+            continue
+        for batch_id, batch in rows.groupby("batch_id", sort=True):
+            result = quality.validate_customer_rows(batch, spec, now=utc_now(), labels_required=False)
+            if not result.success:
+                return _failed_batch(batch_partition_key(customer, batch_id), result)
+        return _failed_batch(f"{customer} ({len(batch_ids)} batches together)", together)
+    return dg.AssetCheckResult(
+        passed=True, severity=dg.AssetCheckSeverity.ERROR, description=f"{len(keys)} batches pass the suite"
+    )
+
+
+def _failed_batch(where: str, result: quality.QualityResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"batch {where}: {result.summary()}",
+        metadata=result.to_metadata(),
+    )
 
 
 @dg.asset(
@@ -244,10 +263,10 @@ def drift_report(
     models_registry = registry.get_registry()
     if len(context.partition_keys) == 1:
         return _measure(db, models_registry, clock, config, context.partition_key).metadata
-    described = []
+    described, loaded = [], {}
     for key in context.partition_keys:
         # One materialization's metadata stands for every batch of the run: no per-batch chart to draw.
-        measured = _measure(db, models_registry, clock, config, key, chart=False)
+        measured = _measure(db, models_registry, clock, config, key, chart=False, loaded=loaded)
         described.append(
             {
                 "batch": key,
@@ -275,17 +294,38 @@ class _Measured:
 
 
 def _measure(
-    db, models_registry: ModelRegistry, clock: Clock, config: BatchConfig, key: str, chart: bool = True
+    db,
+    models_registry: ModelRegistry,
+    clock: Clock,
+    config: BatchConfig,
+    key: str,
+    chart: bool = True,
+    loaded: dict | None = None,
 ) -> _Measured:
+    """Measure one batch; `loaded` keeps models and baselines across the batches of one run."""
+    loaded = {} if loaded is None else loaded
+
+    def once(what: tuple, load):
+        if what not in loaded:
+            loaded[what] = load()
+        return loaded[what]
+
     customer, batch_id = split_batch_partition_key(key)
     spec = customer_store.load_spec(db, customer)
     versions = monitoring.scored_versions(db, customer, batch_id)
     serving = monitoring.serving_role(versions)
     if serving is None:
         raise dg.Failure(f"batch {batch_id} of {customer} has not been scored: materialize batch_predictions first", allow_retries=False)
-    models = {role: (version, models_registry.load(spec.model_name, version)) for role, version in versions.items()}
-    run_id = models_registry.version_run_id(spec.model_name, versions[serving])
-    baseline = drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
+    models = {}
+    for role, version in versions.items():
+        load = lambda v=version: models_registry.load(spec.model_name, v)  # noqa: E731
+        models[role] = (version, once(("model", spec.model_name, version), load))
+
+    def load_baseline() -> drift.Baseline:
+        run_id = models_registry.version_run_id(spec.model_name, versions[serving])
+        return drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
+
+    baseline = once(("baseline", spec.model_name, versions[serving]), load_baseline)
     report = monitoring.measure_batch(db, spec, batch_id, baseline, models, chunk_rows=config.chunk_rows)
     monitoring.store_report(db, spec, batch_id, report, versions, measured_at=clock.now())
 
