@@ -121,19 +121,31 @@ def main() -> int:
                 raise SystemExit(f"onboard {name} exited {code}")
         commands_done = time.perf_counter() - started
         print(f"{len(plan)} onboard commands took {commands_done:.0f} s ({commands_done / len(plan):.1f} s each)")
+        import dagster as dg
+
+        from retrain_platform.defs.onboarding import onboarding_id, onboarding_progress
+
         _, warehouse, registry = cli._resources()
+        keys = {
+            name: onboarding_id(name, requested)
+            for name, requested in cli.with_warehouse_retry(lambda: onboarding.all_statuses(warehouse))[
+                ["customer", "requested_at"]
+            ].itertuples(index=False)
+        }
         last = None
-        while True:
-            states = onboarding.all_statuses(warehouse)
-            counts = states["status"].value_counts().to_dict()
-            if counts != last:
-                print(f"  [{time.perf_counter() - started:6.0f} s] {counts}", flush=True)
-                last = counts
-            if counts.get(onboarding.READY, 0) + counts.get(onboarding.FAILED, 0) == len(plan):
-                break
-            if time.perf_counter() - started > args.timeout:
-                raise SystemExit("timed out")
-            time.sleep(5)
+        with dg.DagsterInstance.get() as instance:
+            while True:
+                # Dagster's backfill records, not the warehouse: polling must not compete for DuckDB's lock.
+                states = [onboarding_progress(instance, key)[0] for key in keys.values()]
+                counts = {state: states.count(state) for state in sorted(set(states))}
+                if counts != last:
+                    print(f"  [{time.perf_counter() - started:6.0f} s] {counts}", flush=True)
+                    last = counts
+                if counts.get(onboarding.READY, 0) + counts.get(onboarding.FAILED, 0) == len(plan):
+                    break
+                if time.perf_counter() - started > args.timeout:
+                    raise SystemExit("timed out")
+                time.sleep(5)
         elapsed = time.perf_counter() - started
     finally:
         daemon.terminate()
@@ -147,7 +159,7 @@ def main() -> int:
         runs = instance.get_run_records()
     ok = sum(1 for record in runs if record.dagster_run.status == dg.DagsterRunStatus.SUCCESS)
     champions = sum(1 for name, _, _ in plan if registry.alias_version(f"retrain-{name}", "champion") is not None)
-    ready = int((onboarding.all_statuses(warehouse)["status"] == onboarding.READY).sum())
+    ready = counts.get(onboarding.READY, 0)
     print(f"\nready: {ready}/{len(plan)} customers, champions: {champions}, runs: {len(runs)} ({ok} succeeded)")
     print(f"wall time until every onboarding was done: {elapsed:.0f} s ({elapsed / len(plan):.1f} s per customer)")
     print(

@@ -442,8 +442,10 @@ def cmd_onboard(args) -> int:
         else:
             print("  follow it on the Backfills page of the UI, or with `retrain-platform status`")
         return 0
-    state = wait_for_onboarding(home, spec.customer, timeout_seconds=args.timeout)
-    print(onboarding_summary(warehouse, registry, spec.customer))
+    from retrain_platform.defs.onboarding import onboarding_id
+
+    state = wait_for_onboarding(home, onboarding_id(spec.customer, now), timeout_seconds=args.timeout)
+    print(with_warehouse_retry(lambda: onboarding_summary(warehouse, registry, spec.customer, state)))
     if state != onboarding.READY:
         raise CommandError(f"onboarding of {spec.customer} ended {state}: see the Backfills page in the UI")
     return 0
@@ -476,29 +478,32 @@ def start_daemon(home: Home):
     return process, log_path
 
 
-def wait_for_onboarding(home: Home, customer: str, timeout_seconds: float, poll_seconds: float = 3.0) -> str:
-    """Block until the customer's onboarding is ready or failed, starting a daemon if none is running."""
-    from retrain_platform import onboarding
+def wait_for_onboarding(home: Home, key: str, timeout_seconds: float, poll_seconds: float = 3.0) -> str:
+    """Block until onboarding `key` is ready or failed, starting a daemon if none is running."""
+    import dagster as dg
 
-    _, warehouse, _ = _resources()
+    from retrain_platform import onboarding
+    from retrain_platform.defs.onboarding import onboarding_progress
+
     daemon = None
     if not daemon_running():
         daemon, log_path = start_daemon(home)
         print(f"  started a Dagster daemon for this wait (log: {log_path})")
     started, last = time.monotonic(), None
     try:
-        while True:
-            state = onboarding.status(warehouse, customer) or {"status": "unknown", "message": ""}
-            if (state["status"], state["message"]) != last:
-                last = (state["status"], state["message"])
-                print(f"  [{time.monotonic() - started:5.0f} s] {state['status']}: {state['message']}", flush=True)
-            if state["status"] in (onboarding.READY, onboarding.FAILED):
-                return state["status"]
-            if daemon is not None and daemon.poll() is not None:
-                raise CommandError(f"the Dagster daemon stopped (exit {daemon.returncode}); see {log_path}")
-            if time.monotonic() - started > timeout_seconds:
-                raise CommandError(f"onboarding of {customer} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
-            time.sleep(poll_seconds)
+        with dg.DagsterInstance.get() as instance:
+            while True:
+                state, text = onboarding_progress(instance, key)
+                if (state, text) != last:
+                    last = (state, text)
+                    print(f"  [{time.monotonic() - started:5.0f} s] {state}: {text}", flush=True)
+                if state in (onboarding.READY, onboarding.FAILED):
+                    return state
+                if daemon is not None and daemon.poll() is not None:
+                    raise CommandError(f"the Dagster daemon stopped (exit {daemon.returncode}); see {log_path}")
+                if time.monotonic() - started > timeout_seconds:
+                    raise CommandError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
+                time.sleep(poll_seconds)
     finally:
         if daemon is not None:
             daemon.terminate()
@@ -508,7 +513,18 @@ def wait_for_onboarding(home: Home, customer: str, timeout_seconds: float, poll_
                 daemon.kill()
 
 
-def onboarding_summary(warehouse, registry, customer: str) -> str:
+def with_warehouse_retry(read, attempts: int = 20, delay_seconds: float = 3.0):
+    """A read the CLI makes while runs write: DuckDB's single writer may hold the file for a while."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except Exception as error:
+            if "lock" not in str(error).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay_seconds)
+
+
+def onboarding_summary(warehouse, registry, customer: str, state: str) -> str:
     """What onboarding produced: backfills and runs, the first model's verdict, drift over the history, the
     profile's warnings, and what to do next."""
     import dagster as dg
@@ -526,9 +542,9 @@ def onboarding_summary(warehouse, registry, customer: str) -> str:
     from retrain_platform.warehouse import quote
 
     spec = load_spec(warehouse, customer)
-    state = onboarding.status(warehouse, customer) or {}
-    lines = [f"onboarding of {customer}: {state.get('status')} - {state.get('message')}"]
-    key = onboarding_id(customer, state.get("requested_at"))
+    recorded = onboarding.status(warehouse, customer) or {}
+    lines = [f"onboarding of {customer}: {state}"]
+    key = onboarding_id(customer, recorded.get("requested_at"))
     with dg.DagsterInstance.get() as instance:
         for stage in (TRAINING_STAGE, HISTORY_STAGE):
             for backfill in stage_backfills(instance, key, stage)[:1]:

@@ -131,6 +131,7 @@ def test_status_json_after_training_lists_every_customer_with_the_documented_key
         "champion_metric": None,
         "last_verdict": None,
         "promotions": 0,
+        "onboarding": "ready",
     }
     assert trained["mode"] == "auto"
     assert trained["champion_version"] == "1"

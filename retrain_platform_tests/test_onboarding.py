@@ -304,12 +304,16 @@ def test_one_run_scores_and_measures_every_history_batch_and_a_bad_batch_is_name
 
     result = job.execute_in_process(instance=platform.instance, tags={RANGE_START: first, RANGE_END: last})
     assert result.success
-    materialized = [e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["drift_report"]]
+    materialized = [
+        e.partition for e in result.get_asset_materialization_events() if e.asset_key.path == ["drift_report"]
+    ]
     assert sorted(materialized) == [f"acme.{b}" for b in prepared.batch_ids]
     (check,) = result.get_asset_check_evaluations()
     assert check.passed and check.description == "4 batches pass the suite"
     # approve mode: no champion, so the challenger scored each batch; each has its own drift row.
-    predictions = platform.warehouse.query('select batch_id, model_role, count(*) as n from "batch_predictions" group by 1, 2')
+    predictions = platform.warehouse.query(
+        'select batch_id, model_role, count(*) as n from "batch_predictions" group by 1, 2'
+    )
     assert set(predictions["model_role"]) == {"challenger"}
     assert predictions.set_index("batch_id")["n"].to_dict() == prepared.history.groupby("batch_id").size().to_dict()
     drift = platform.warehouse.query('select batch_id, model_version from "drift_batches" order by batch_id')

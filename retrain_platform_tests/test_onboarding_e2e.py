@@ -146,7 +146,10 @@ def test_csv_and_parquet_customers_are_onboarded_through_two_backfills_of_one_ru
     assert drift.values.tolist() == [["acme", 3], ["globex", 3]]
 
     acme, globex = onboarded.outputs["acme"].stdout, onboarded.outputs["globex"].stdout
-    assert "ready: onboarded: champion version 1" in acme
+    assert (
+        "onboarding of acme: ready" in acme
+        and "first model: version 1, verdict PROMOTE, action promote; champion 1" in acme
+    )
     assert "training backfill" in acme and "COMPLETED_SUCCESS, 1 run(s) (SUCCESS)" in acme
     assert "3 monthly batches: history-2026-05 .. history-2026-07" in acme
     assert "next: review data_profile and evaluation_report in the UI, then `retrain-platform approve globex`" in globex
@@ -207,7 +210,7 @@ def test_offboard_keeps_everything_and_onboarding_again_needs_reuse(onboarded):
     )
     reused = cli(*again, "--reuse", home=home.root, cwd=root)
     assert reused.returncode == 0, reused.stderr
-    assert "no Dagster daemon is running" in reused.stdout
+    assert "the onboarding sensors now backfill" in reused.stdout
     assert "the earlier landing table is kept as landing_acme__until_" in reused.stdout
     state = onboarding.status(warehouse, "acme")
     assert state["status"] == onboarding.REQUESTED and state["mode"] == "approve"

@@ -354,8 +354,8 @@ def test_blocking_quality_check_stops_corrupt_data_and_keeps_the_champion(stream
         assert any(column in line and rule in line for line in failures.splitlines())
         assert quality.metadata["failed_expectations"].value >= 1
 
-        # Blocking: nothing downstream of the snapshot ran.
-        assert materialized(result) == {"training_dataset"}
+        # Blocking: nothing downstream of the snapshot ran; the data profile (not downstream) shows the bad data.
+        assert materialized(result) == {"training_dataset", "data_profile"}
         assert set(checks) == {TRAINING_DATA_QUALITY}
 
         # The champion, the registry and the ledger are untouched.

@@ -93,6 +93,27 @@ def stage_backfills(instance: dg.DagsterInstance, onboarding_key: str, stage: st
     )
 
 
+def onboarding_progress(instance: dg.DagsterInstance, key: str) -> tuple[str, str]:
+    """Where one onboarding stands, from Dagster's own backfill records: what `--wait` polls, so it never
+    competes with the runs for the warehouse's single writer lock."""
+    training = stage_backfills(instance, key, TRAINING_STAGE)
+    history = stage_backfills(instance, key, HISTORY_STAGE)
+    for stage, found, state in (
+        (HISTORY_STAGE, history, onboarding.SCORING_HISTORY),
+        (TRAINING_STAGE, training, onboarding.TRAINING),
+    ):
+        if not found:
+            continue
+        latest = found[0]
+        text = f"{stage} backfill {latest.backfill_id}: {latest.status.value}"
+        if latest.status in UNSUCCESSFUL:
+            return onboarding.FAILED, text
+        if stage == HISTORY_STAGE and latest.status in SUCCEEDED:
+            return onboarding.READY, text
+        return state, text
+    return onboarding.REQUESTED, "waiting for the onboarding sensors"
+
+
 def _subset(context: dg.SensorEvaluationContext, group: str, partition_keys: list[str]) -> AssetGraphSubset:
     asset_graph = context.repository_def.asset_graph
     keys = dg.AssetSelection.groups(group).resolve(asset_graph)
