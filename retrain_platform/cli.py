@@ -585,7 +585,10 @@ def cmd_offboard(args) -> int:
     import dagster as dg
 
     from retrain_platform import onboarding
-    from retrain_platform.defs.onboarding import cancel_onboarding_backfills, remove_customer_partitions
+    from retrain_platform.defs.onboarding import (
+        cancel_onboarding_backfills,
+        remove_customer_partitions,
+    )
 
     defs, warehouse, _, spec = _deployment_context(args)
     state = onboarding.status(warehouse, spec.customer)

@@ -16,7 +16,13 @@ import pytest
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from retrain_platform import ledger, onboarding
-from retrain_platform.defs.onboarding import HISTORY_STAGE, ONBOARDING_TAG, PROFILES_TABLE, STAGE_TAG, TRAINING_STAGE
+from retrain_platform.defs.onboarding import (
+    HISTORY_STAGE,
+    ONBOARDING_TAG,
+    PROFILES_TABLE,
+    STAGE_TAG,
+    TRAINING_STAGE,
+)
 from retrain_platform.defs.resources import local_resources
 from retrain_platform.demo_data import generate_customer_frame
 from retrain_platform.monitoring import DRIFT_BATCHES_TABLE, PREDICTIONS_TABLE
