@@ -347,7 +347,7 @@ def _as_float32(series: pd.Series) -> np.ndarray:
         return numbers.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
-def _category_label(value: Any) -> str:
+def category_label(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):
@@ -370,7 +370,7 @@ def _category_labels(index: pd.Index) -> pd.Index:
         return pd.Index(np.where(integral, as_int, values.astype(str)).astype(object))
     if index.inferred_type == "string":
         return index
-    return pd.Index([_category_label(v) for v in index], dtype=object)
+    return pd.Index([category_label(v) for v in index], dtype=object)
 
 
 def _category_counts(series: pd.Series) -> tuple[pd.Series, int]:

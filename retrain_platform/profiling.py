@@ -34,6 +34,7 @@ from scipy.stats import spearmanr
 from scipy.stats.contingency import association
 from sklearn.metrics import roc_auc_score
 
+from retrain_platform.drift import category_label
 from retrain_platform.spec import CustomerSpec, SpecError
 
 __all__ = [
@@ -399,7 +400,7 @@ def _top_values(counts: pd.Series) -> str:
     if not total:
         return ""
     top = counts.iloc[:TOP_VALUES_SHOWN]
-    return ", ".join(f"{_value_name(value)} {count / total:.0%}" for value, count in top.items())
+    return ", ".join(f"{category_label(value)} {count / total:.0%}" for value, count in top.items())
 
 
 def _correlation_ratio(groups: pd.Series, numbers: pd.Series) -> float:
@@ -423,7 +424,7 @@ def _class_counts(labels: pd.Series) -> pd.Series:
     counts = counts[counts > 0]
     ordered = _sorted_classes(counts.index)
     counts = counts.reindex(ordered)
-    counts.index = pd.Index([_value_name(value) for value in ordered], dtype=object)
+    counts.index = pd.Index([category_label(value) for value in ordered], dtype=object)
     return counts.groupby(level=0, sort=False).sum().astype("int64")
 
 
@@ -439,7 +440,7 @@ def _label_balance(
         balance["label_std"] = numbers.std()
     else:
         counts = by_period["label"].value_counts().unstack(fill_value=0)
-        counts.columns = [_value_name(value) for value in counts.columns]
+        counts.columns = [category_label(value) for value in counts.columns]
         counts = counts.T.groupby(level=0).sum().T.reindex(columns=class_counts.index, fill_value=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             shares = counts.div(counts.sum(axis=1), axis=0)
@@ -532,23 +533,12 @@ def _as_numbers(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").astype("float64")
 
 
-def _value_name(value: Any) -> str:
-    """A class or category as text: 1 and 1.0 both read "1", True reads "True"."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _sorted_classes(values) -> list:
     values = list(values)
     try:
         return sorted(values)
     except TypeError:
-        return sorted(values, key=_value_name)
+        return sorted(values, key=category_label)
 
 
 # ---------------------------------------------------------------------------------------------------
