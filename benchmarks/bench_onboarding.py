@@ -78,6 +78,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", message=r".*is currently in (preview|beta)")
     from retrain_platform import cli, onboarding
     from retrain_platform.demo_data import demo_customers
+    from retrain_platform.local_daemon import SharedDaemon
 
     sources = home_path / "sources"
     sources.mkdir(parents=True)
@@ -97,8 +98,8 @@ def main() -> int:
 
     sampler = MemorySampler()
     sampler.start()
-    daemon, log_path = cli.start_daemon(home)
-    print(f"daemon started (log: {log_path})")
+    daemon = SharedDaemon(home).__enter__()
+    print(f"daemon {'started' if daemon.started_here else 'already running'} (log: {daemon.log_path})")
     started = time.perf_counter()
     try:
         for name, path, spec in plan:
@@ -148,8 +149,7 @@ def main() -> int:
                 time.sleep(5)
         elapsed = time.perf_counter() - started
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=120)
+        daemon.__exit__(None, None, None)
         sampler.stopped.set()
         sampler.join()
 

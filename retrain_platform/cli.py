@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from retrain_platform.local_daemon import DaemonStopped, SharedDaemon, daemon_running, exclusive
 from retrain_platform.settings import Home
 
 HOME_MARKER = ".retrain-home"
@@ -368,18 +369,14 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
-def cmd_onboard(args) -> int:
-    from retrain_platform import onboarding
-    from retrain_platform.customers import load_spec
-    from retrain_platform.ingest import read_source
-    from retrain_platform.spec import validate_customer_id
-
-    validate_customer_id(args.customer)
-    home = _home(args)
-    home.ensure()
+def _register_onboarding(args, home: Home):
+    """Validate the source, load the history, add the partitions and record the request; the sensors do the rest."""
     import dagster as dg
 
+    from retrain_platform import onboarding
+    from retrain_platform.customers import load_spec
     from retrain_platform.defs.onboarding import add_customer_partitions
+    from retrain_platform.ingest import read_source
 
     _, warehouse, registry = _resources()
     onboarding.check_customer_free(warehouse, args.customer, args.reuse)
@@ -429,10 +426,24 @@ def cmd_onboard(args) -> int:
         f"task {spec.task}, metric {spec.primary_metric}, label {spec.label_column!r}, timestamp {spec.timestamp_column!r}, "
         f"id {spec.id_column!r}; {kinds['numeric']} numeric and {kinds['categorical']} categorical features; mode {spec.mode}"
     )
-    print(f"  history cut into {len(prepared.batch_ids)} {prepared.period}ly batches: {prepared.batch_ids[0]} .. {prepared.batch_ids[-1]}")
+    first, last = prepared.batch_ids[0], prepared.batch_ids[-1]
+    print(f"  history cut into {len(prepared.batch_ids)} {prepared.period}ly batches: {first} .. {last}")
     if archived:
         print(f"  the earlier landing table is kept as {archived}")
     print("  partitions added; the onboarding sensors now backfill: first training, then the history batches")
+    return spec, now
+
+
+def cmd_onboard(args) -> int:
+    from retrain_platform import onboarding
+    from retrain_platform.spec import validate_customer_id
+
+    validate_customer_id(args.customer)
+    home = _home(args)
+    home.ensure()
+    # Onboardings started together on one home would race to create its stores and to write the warehouse.
+    with exclusive(home.root / "logs" / "onboard.lock"):
+        spec, now = _register_onboarding(args, home)
     if not args.wait:
         if not daemon_running():
             print(
@@ -445,52 +456,24 @@ def cmd_onboard(args) -> int:
     from retrain_platform.defs.onboarding import onboarding_id
 
     state = wait_for_onboarding(home, onboarding_id(spec.customer, now), timeout_seconds=args.timeout)
+    _, warehouse, registry = _resources()
     print(with_warehouse_retry(lambda: onboarding_summary(warehouse, registry, spec.customer, state)))
     if state != onboarding.READY:
         raise CommandError(f"onboarding of {spec.customer} ended {state}: see the Backfills page in the UI")
     return 0
 
 
-DAEMONS = ("SENSOR", "BACKFILL", "QUEUED_RUN_COORDINATOR")
-
-
-def daemon_running(max_age_seconds: float = 90.0) -> bool:
-    """Whether a Dagster daemon has ticked the sensors, backfills and run queue of this instance lately."""
-    import dagster as dg
-
-    with dg.DagsterInstance.get() as instance:
-        beats = instance.get_daemon_heartbeats()
-    now = time.time()
-    return all(kind in beats and now - beats[kind].timestamp < max_age_seconds for kind in DAEMONS)
-
-
-def start_daemon(home: Home):
-    """`dagster-daemon run` on this code location, for as long as the command waits; its log goes to the home."""
-    import os
-    import subprocess
-
-    log_path = home.root / "logs" / "daemon.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    executable = Path(sys.executable).with_name("dagster-daemon")
-    command = [str(executable) if executable.exists() else "dagster-daemon", "run", "-m", "retrain_platform.definitions"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), cwd=home.root)
-    return process, log_path
-
-
 def wait_for_onboarding(home: Home, key: str, timeout_seconds: float, poll_seconds: float = 3.0) -> str:
-    """Block until onboarding `key` is ready or failed, starting a daemon if none is running."""
+    """Block until onboarding `key` is ready or failed, with a daemon shared by every command that waits."""
     import dagster as dg
 
     from retrain_platform import onboarding
     from retrain_platform.defs.onboarding import onboarding_progress
 
-    daemon = None
-    if not daemon_running():
-        daemon, log_path = start_daemon(home)
-        print(f"  started a Dagster daemon for this wait (log: {log_path})")
     started, last = time.monotonic(), None
-    try:
+    with SharedDaemon(home) as daemon:
+        if daemon.started_here:
+            print(f"  started a Dagster daemon for this wait (log: {daemon.log_path})")
         with dg.DagsterInstance.get() as instance:
             while True:
                 state, text = onboarding_progress(instance, key)
@@ -499,18 +482,13 @@ def wait_for_onboarding(home: Home, key: str, timeout_seconds: float, poll_secon
                     print(f"  [{time.monotonic() - started:5.0f} s] {state}: {text}", flush=True)
                 if state in (onboarding.READY, onboarding.FAILED):
                     return state
-                if daemon is not None and daemon.poll() is not None:
-                    raise CommandError(f"the Dagster daemon stopped (exit {daemon.returncode}); see {log_path}")
+                try:
+                    daemon.ensure()
+                except DaemonStopped as error:
+                    raise CommandError(str(error)) from error
                 if time.monotonic() - started > timeout_seconds:
                     raise CommandError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
                 time.sleep(poll_seconds)
-    finally:
-        if daemon is not None:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=60)
-            except Exception:
-                daemon.kill()
 
 
 def with_warehouse_retry(read, attempts: int = 20, delay_seconds: float = 3.0):

@@ -1,10 +1,11 @@
-"""`retrain-platform onboard` as a user runs it, with a real Dagster daemon: one customer from CSV (auto mode)
+"""`retrain-platform onboard` as a user runs it, with the Dagster daemon it starts: one customer from CSV (auto mode)
 and one from Parquet (approve mode, the default) onboarded at the same time, each through two real asset
 backfills, one run per stage; then offboarding and onboarding the same id again."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ from retrain_platform.monitoring import DRIFT_BATCHES_TABLE, PREDICTIONS_TABLE
 from retrain_platform.registry import CHALLENGER, CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, Home
 from retrain_platform_tests.test_cli import assert_one_line_error
-from retrain_platform_tests.test_e2e_dagster import BIN, start, stop
 
 ROWS = 1_500
 WAIT_SECONDS = 480
@@ -51,6 +51,7 @@ class Onboarded:
     sources: dict[str, Path]
     outputs: dict[str, subprocess.CompletedProcess]
     history_rows: dict[str, int]
+    daemon_left: bool
 
 
 @pytest.fixture(scope="module")
@@ -64,41 +65,45 @@ def onboarded(tmp_path_factory) -> Onboarded:
     generate_customer_frame("corner-market", ROWS, start="2026-05-01", end="2026-08-01", rng=2).to_parquet(
         parquet, index=False
     )
-    env = {**os.environ, "RETRAIN_HOME": str(home.root), "DAGSTER_HOME": str(home.dagster_home), "RETRAIN_ENV": "local"}
-    daemon_log = root / "daemon.log"
-    daemon = start([str(BIN / "dagster-daemon"), "run", "-m", "retrain_platform.definitions"], env, daemon_log)
+    commands = {
+        "acme": [
+            "onboard",
+            "acme",
+            "--source",
+            str(csv),
+            "--label",
+            "churned",
+            "--id",
+            "subscriber_id",
+            "--mode",
+            "auto",
+        ],
+        "globex": ["onboard", "globex", "--source", str(parquet), "--label", "is_fraud", "--id", "order_id"],
+    }
+    # No daemon runs: the two commands, started together, must share the one the first of them starts.
+    processes = {
+        name: cli(*command, "--batch-period", "month", "--wait", home=home.root, cwd=root, background=True)
+        for name, command in commands.items()
+    }
+    outputs = {}
     try:
-        commands = {
-            "acme": [
-                "onboard",
-                "acme",
-                "--source",
-                str(csv),
-                "--label",
-                "churned",
-                "--id",
-                "subscriber_id",
-                "--mode",
-                "auto",
-            ],
-            "globex": ["onboard", "globex", "--source", str(parquet), "--label", "is_fraud", "--id", "order_id"],
-        }
-        processes = {}
-        for name, command in commands.items():
-            processes[name] = cli(
-                *command, "--batch-period", "month", "--wait", home=home.root, cwd=root, background=True
-            )
-        outputs = {}
         for name, process in processes.items():
             stdout, stderr = process.communicate(timeout=WAIT_SECONDS)
             outputs[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     finally:
-        stop(daemon)
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+        pid_path = home.root / "logs" / "daemon.pid"
+        daemon_left = pid_path.exists()
+        if daemon_left:
+            os.killpg(int(pid_path.read_text()), signal.SIGKILL)
+    daemon_log = home.root / "logs" / "daemon.log"
     for name, output in outputs.items():
         assert output.returncode == 0, (
             f"{name}:\n{output.stdout}\n{output.stderr[-3000:]}\n{daemon_log.read_text()[-3000:]}"
         )
-    return Onboarded(root, home, {"acme": csv, "globex": parquet}, outputs, {"acme": ROWS, "globex": ROWS})
+    return Onboarded(root, home, {"acme": csv, "globex": parquet}, outputs, {"acme": ROWS, "globex": ROWS}, daemon_left)
 
 
 def backfills_of(instance: dg.DagsterInstance, customer: str) -> dict[str, object]:
@@ -159,6 +164,23 @@ def test_csv_and_parquet_customers_are_onboarded_through_two_backfills_of_one_ru
     assert "training backfill" in acme and "COMPLETED_SUCCESS, 1 run(s) (SUCCESS)" in acme
     assert "3 monthly batches: history-2026-05 .. history-2026-07" in acme
     assert "next: review data_profile and evaluation_report in the UI, then `retrain-platform approve globex`" in globex
+
+
+def test_the_two_waiting_commands_shared_one_daemon_and_the_last_one_out_stopped_it(onboarded):
+    started = [name for name, output in onboarded.outputs.items() if "started a Dagster daemon" in output.stdout]
+    assert len(started) == 1, {name: output.stdout for name, output in onboarded.outputs.items()}
+    assert not onboarded.daemon_left
+    home = str(onboarded.home.root)
+    still_running = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.readlink(entry / "cwd") == home:
+                still_running.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    assert still_running == []
+    with dg.DagsterInstance.from_config(str(onboarded.home.dagster_home)) as instance:
+        assert instance.get_daemon_heartbeats() == {}  # wiped, so the next command does not wait on a dead daemon
 
 
 def test_the_second_customers_backfill_leaves_the_first_customers_models_and_ledger_alone(onboarded):
