@@ -8,6 +8,7 @@ Hyper-parameters are searched under time-series cross-validation: a fold never t
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,9 +234,34 @@ def train_candidates(features: FeatureSet, settings: SearchSettings | None = Non
     y = features.y_train.to_numpy()
     # The search looks at the most recent rows only: they say most about the near future, and it bounds time.
     search_X, search_y = X[-settings.max_search_rows :], y[-settings.max_search_rows :]
+    try:
+        candidates = _search_families(features, settings, X, y, search_X, search_y, scorer)
+    finally:
+        release_search_workers()
+    if not candidates:
+        raise RuntimeError(f"no candidate could be scored with {scorer!r} under time-series cross-validation")
+    return candidates
+
+
+def release_search_workers() -> None:
+    """Stop joblib's idle worker pool when this process is a multiprocessing child, as a Dagster run worker is.
+
+    Such a child joins its child processes at exit, and loky keeps idle workers for 300 s: every finished run
+    lingered five minutes with about a gigabyte resident. A main process (a test, a script) keeps the pool.
+    """
+    if multiprocessing.parent_process() is None:
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
+def _search_families(
+    features: FeatureSet, settings: SearchSettings, X, y, search_X, search_y, scorer: str
+) -> list[Candidate]:
     splitter = TimeSeriesSplit(n_splits=settings.n_splits)
     candidates = []
-    for family, (estimator, space) in candidate_families(spec.task, settings.seed).items():
+    for family, (estimator, space) in candidate_families(features.spec.task, settings.seed).items():
         started = time.perf_counter()
         search = RandomizedSearchCV(
             estimator,
@@ -268,8 +294,6 @@ def train_candidates(features: FeatureSet, settings: SearchSettings | None = Non
                 cv_results={"mean_test_score": [float(s) for s in scores]},
             )
         )
-    if not candidates:
-        raise RuntimeError(f"no candidate could be scored with {scorer!r} under time-series cross-validation")
     return candidates
 
 

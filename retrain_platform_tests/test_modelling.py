@@ -371,3 +371,30 @@ def test_content_hash_sees_column_names_and_row_order():
     frame = small_frame(100)
     assert content_hash(frame.rename(columns={"plan": "tier"})) != content_hash(frame)
     assert content_hash(frame.iloc[::-1]) != content_hash(frame)
+
+
+# --- worker processes ---------------------------------------------------------------------------------
+
+
+def train_in_a_child(done) -> None:
+    frame, raw_spec = make_benchmark_frame(rows=600, n_features=4, seed=1)
+    features = make_features(frame, complete_spec(parse_spec(raw_spec), frame))
+    train_candidates(features, SearchSettings(n_iter=2, n_splits=2, n_jobs=2, seed=0))
+    done.set()
+
+
+def test_a_run_worker_process_that_searched_in_parallel_exits_when_it_is_done():
+    # A Dagster run worker is a multiprocessing child; it joins its children at exit, so idle joblib workers
+    # (kept 300 s by default) held every finished run alive for five minutes.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    done = context.Event()
+    child = context.Process(target=train_in_a_child, args=(done,))
+    child.start()
+    child.join(timeout=120)
+    try:
+        assert done.is_set() and not child.is_alive() and child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
