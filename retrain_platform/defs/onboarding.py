@@ -205,43 +205,43 @@ def advance_onboardings(
     return dg.SensorResult(run_requests=requests)
 
 
-# Two sensors, one per stage: a sensor that launches a backfill must target its assets, and Dagster builds one
-# job per sensor target, which cannot mix the customer and the batch partitions.
-@dg.sensor(
-    name=ONBOARDING_TRAINING_SENSOR,
-    asset_selection=dg.AssetSelection.groups(TRAINING_GROUP),
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def onboarding_training_sensor(
-    context: dg.SensorEvaluationContext,
-    warehouse: dg.ResourceParam[WarehouseProvider],
-    registry: MlflowRegistry,
-    clock: Clock,
-    alerts: AlertChannel,
-):
-    """Onboarding, stage 1: for each new customer, a backfill of the `training` group on its partition
-    (data profile, snapshot, features, candidates, evaluation, deployment, drift baseline)."""
-    return advance_onboardings(context, warehouse.get_warehouse(), registry, clock.now(), alerts, TRAINING_STAGE)
+def _stage_sensor(stage: str, name: str, group: str, description: str) -> dg.SensorDefinition:
+    # One sensor per stage: a sensor that launches a backfill must target its assets, and Dagster builds one
+    # job per sensor target, which cannot mix the customer and the batch partitions.
+    @dg.sensor(
+        name=name,
+        asset_selection=dg.AssetSelection.groups(group),
+        minimum_interval_seconds=10,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=description,
+    )
+    def stage_sensor(
+        context: dg.SensorEvaluationContext,
+        warehouse: dg.ResourceParam[WarehouseProvider],
+        registry: MlflowRegistry,
+        clock: Clock,
+        alerts: AlertChannel,
+    ):
+        return advance_onboardings(context, warehouse.get_warehouse(), registry, clock.now(), alerts, stage)
+
+    return stage_sensor
 
 
-@dg.sensor(
-    name=ONBOARDING_HISTORY_SENSOR,
-    asset_selection=dg.AssetSelection.groups(MONITORING_GROUP),
-    minimum_interval_seconds=10,
-    default_status=dg.DefaultSensorStatus.RUNNING,
+onboarding_training_sensor = _stage_sensor(
+    TRAINING_STAGE,
+    ONBOARDING_TRAINING_SENSOR,
+    TRAINING_GROUP,
+    "Onboarding, stage 1: for each new customer, a backfill of the `training` group on its partition "
+    "(data profile, snapshot, features, candidates, evaluation, deployment, drift baseline).",
 )
-def onboarding_history_sensor(
-    context: dg.SensorEvaluationContext,
-    warehouse: dg.ResourceParam[WarehouseProvider],
-    registry: MlflowRegistry,
-    clock: Clock,
-    alerts: AlertChannel,
-):
-    """Onboarding, stage 2: once the first training succeeded, a backfill of the `monitoring` group over the
-    customer's history batches, in one run; then the onboarding is recorded as ready and an alert says what
-    comes next (approve the first model, in approve mode)."""
-    return advance_onboardings(context, warehouse.get_warehouse(), registry, clock.now(), alerts, HISTORY_STAGE)
+onboarding_history_sensor = _stage_sensor(
+    HISTORY_STAGE,
+    ONBOARDING_HISTORY_SENSOR,
+    MONITORING_GROUP,
+    "Onboarding, stage 2: once the first training succeeded, a backfill of the `monitoring` group over the "
+    "customer's history batches, in one run; then the onboarding is recorded as ready and an alert says what "
+    "comes next (approve the first model, in approve mode).",
+)
 
 
 def _fail(db, alerts: AlertChannel, context, customer: str, now: datetime, reason: str) -> None:
