@@ -455,16 +455,27 @@ def cmd_onboard(args) -> int:
         return 0
     from retrain_platform.defs.onboarding import onboarding_id
 
-    state = wait_for_onboarding(home, onboarding_id(spec.customer, now), timeout_seconds=args.timeout)
     _, warehouse, registry = _resources()
+
+    def recorded() -> str | None:
+        row = with_warehouse_retry(lambda: onboarding.status(warehouse, spec.customer))
+        return row["status"] if row else None
+
+    state = wait_for_onboarding(home, onboarding_id(spec.customer, now), recorded, timeout_seconds=args.timeout)
     print(with_warehouse_retry(lambda: onboarding_summary(warehouse, registry, spec.customer, state)))
     if state != onboarding.READY:
         raise CommandError(f"onboarding of {spec.customer} ended {state}: see the Backfills page in the UI")
     return 0
 
 
-def wait_for_onboarding(home: Home, key: str, timeout_seconds: float, poll_seconds: float = 3.0) -> str:
-    """Block until onboarding `key` is ready or failed, with a daemon shared by every command that waits."""
+def wait_for_onboarding(
+    home: Home, key: str, recorded, timeout_seconds: float, poll_seconds: float = 3.0, record_seconds: float = 120.0
+) -> str:
+    """Block until onboarding `key` is ready or failed, with a daemon shared by every command that waits.
+
+    The backfills' records say when the work is done; the daemon stays until the onboarding sensor has also
+    recorded it (`recorded()` reads the onboarding table) and sent its alert, or `status` would lag behind.
+    """
     import dagster as dg
 
     from retrain_platform import onboarding
@@ -481,6 +492,7 @@ def wait_for_onboarding(home: Home, key: str, timeout_seconds: float, poll_secon
                     last = (state, text)
                     print(f"  [{time.monotonic() - started:5.0f} s] {state}: {text}", flush=True)
                 if state in (onboarding.READY, onboarding.FAILED):
+                    _wait_until_recorded(daemon, recorded, state, record_seconds, poll_seconds)
                     return state
                 try:
                     daemon.ensure()
@@ -489,6 +501,19 @@ def wait_for_onboarding(home: Home, key: str, timeout_seconds: float, poll_secon
                 if time.monotonic() - started > timeout_seconds:
                     raise CommandError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
                 time.sleep(poll_seconds)
+
+
+def _wait_until_recorded(daemon: SharedDaemon, recorded, state: str, limit_seconds: float, poll_seconds: float) -> None:
+    deadline = time.monotonic() + limit_seconds
+    while recorded() != state:
+        if time.monotonic() > deadline:
+            print(f"  the onboarding sensor has not recorded {state} yet; `status` shows it once a daemon runs")
+            return
+        try:
+            daemon.ensure()
+        except DaemonStopped as error:
+            raise CommandError(str(error)) from error
+        time.sleep(poll_seconds)
 
 
 def with_warehouse_retry(read, attempts: int = 20, delay_seconds: float = 3.0):
