@@ -541,7 +541,7 @@ def onboarding_summary(warehouse, registry, customer: str, state: str) -> str:
         onboarding_id,
         stage_backfills,
     )
-    from retrain_platform.monitoring import DRIFT_BATCHES_TABLE
+    from retrain_platform.monitoring import DRIFT_BATCHES_TABLE, metric_history
     from retrain_platform.warehouse import quote
 
     spec = load_spec(warehouse, customer)
@@ -557,6 +557,13 @@ def onboarding_summary(warehouse, registry, customer: str, state: str) -> str:
                     f"  {stage} backfill {backfill.backfill_id}: {backfill.status.value}, "
                     f"{len(runs)} run(s) ({', '.join(statuses) or '-'})"
                 )
+        features = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("features"), asset_partitions=[customer]), limit=1
+        ).records
+    holdout_starts = None
+    if features and features[0].asset_materialization is not None:
+        entry = features[0].asset_materialization.metadata.get("holdout_starts")
+        holdout_starts = entry.value if entry is not None else None
     history = ledger.history(warehouse, customer)
     if not history.empty:
         row = history.iloc[-1]
@@ -566,13 +573,25 @@ def onboarding_summary(warehouse, registry, customer: str, state: str) -> str:
         )
     if warehouse.table_exists(DRIFT_BATCHES_TABLE):
         drifts = warehouse.query(
-            f"select batch_id, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
+            f"select batch_id, batch_start, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
             "where customer = ? and batch_id like ? order by batch_start",
             [customer, "history-%"],
         )
-        for row in drifts.itertuples():
+        realized = metric_history(warehouse, customer, spec.primary_metric)
+        realized = dict(realized[realized["kind"] == "realized"][["batch_id", "value"]].itertuples(index=False))
+        samples = [""] * len(drifts)
+        if holdout_starts is not None and len(drifts):
+            samples = onboarding.backtest_sample(drifts["batch_start"].tolist(), holdout_starts)
             lines.append(
-                f"    {row.batch_id:<18} {int(row.rows):>7,} rows  drift {row.drift_share:4.0%}  {row.drifted_columns or '-'}"
+                f"  backtest by history batch ({spec.primary_metric} realized; the first model trained on the rows "
+                f"before {holdout_starts}, so only its holdout is out of sample):"
+            )
+        for row, sample in zip(drifts.itertuples(), samples, strict=True):
+            value = realized.get(row.batch_id)
+            metric = f"{spec.primary_metric} {value:.3f}" if value is not None else f"{spec.primary_metric} -"
+            lines.append(
+                f"    {row.batch_id:<18} {int(row.rows):>7,} rows  {metric:<16} {sample:<15} "
+                f"drift {row.drift_share:4.0%}  {row.drifted_columns or '-'}"
             )
     if warehouse.table_exists(PROFILES_TABLE):
         profiles = warehouse.query(f"select profile_json from {quote(PROFILES_TABLE)} where customer = ?", [customer])

@@ -208,6 +208,21 @@ def history_batch_ids(timestamps: pd.Series, period: str) -> pd.Series:
     return HISTORY_PREFIX + labels.str.lower()
 
 
+IN_TRAINING, STRADDLES_HOLDOUT, IN_HOLDOUT = "in training", "train + holdout", "holdout"
+
+
+def backtest_sample(batch_starts: list, holdout_starts) -> list[str]:
+    """Whether each history batch (ordered, each ending where the next starts) was trained on by the first
+    model, lies in its holdout, or straddles the cut: realized metrics are out of sample only in the holdout."""
+    starts = [pd.Timestamp(start) for start in batch_starts]
+    cutoff = pd.Timestamp(holdout_starts)
+    ends = [*starts[1:], None]
+    return [
+        IN_HOLDOUT if start >= cutoff else IN_TRAINING if end is not None and end <= cutoff else STRADDLES_HOLDOUT
+        for start, end in zip(starts, ends, strict=True)
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ warehouse
 
 

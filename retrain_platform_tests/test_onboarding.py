@@ -106,6 +106,24 @@ def test_each_validation_error_names_the_column_and_the_rule(change, fragments):
         assert fragment in str(error.value)
 
 
+def test_the_backtest_says_which_history_batches_the_first_model_was_trained_on():
+    starts = ["2026-03-01", "2026-04-01", "2026-05-01", "2026-06-01"]
+    assert onboarding.backtest_sample(starts, "2026-05-01") == [
+        onboarding.IN_TRAINING,
+        onboarding.IN_TRAINING,
+        onboarding.IN_HOLDOUT,
+        onboarding.IN_HOLDOUT,
+    ]
+    assert onboarding.backtest_sample(starts, "2026-04-15") == [
+        onboarding.IN_TRAINING,
+        onboarding.STRADDLES_HOLDOUT,
+        onboarding.IN_HOLDOUT,
+        onboarding.IN_HOLDOUT,
+    ]
+    # The last batch has no next start, so a cut after its start means it straddles.
+    assert onboarding.backtest_sample(starts, "2026-06-20")[-1] == onboarding.STRADDLES_HOLDOUT
+
+
 def test_an_invalid_customer_id_and_unknown_columns_are_refused():
     with pytest.raises(SpecError, match="invalid customer id"):
         onboarding.prepare(history_csv_like(), request(customer="Acme Corp"))

@@ -163,6 +163,11 @@ def test_csv_and_parquet_customers_are_onboarded_through_two_backfills_of_one_ru
     )
     assert "training backfill" in acme and "COMPLETED_SUCCESS, 1 run(s) (SUCCESS)" in acme
     assert "3 monthly batches: history-2026-05 .. history-2026-07" in acme
+    # The backtest says which history batches the first model was trained on, next to its realized metric.
+    assert "backtest by history batch (roc_auc realized" in acme
+    batch_lines = {line.split()[0]: line for line in acme.splitlines() if line.strip().startswith("history-2026-")}
+    assert "in training" in batch_lines["history-2026-05"] and "holdout" in batch_lines["history-2026-07"]
+    assert all(" roc_auc 0." in line for line in batch_lines.values()), batch_lines
     assert "next: review data_profile and evaluation_report in the UI, then `retrain-platform approve globex`" in globex
 
 
