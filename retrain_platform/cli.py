@@ -369,7 +369,7 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
-def _register_onboarding(args, home: Home):
+def _register_onboarding(args, warehouse, registry):
     """Validate the source, load the history, add the partitions and record the request; the sensors do the rest."""
     import dagster as dg
 
@@ -378,7 +378,6 @@ def _register_onboarding(args, home: Home):
     from retrain_platform.defs.onboarding import add_customer_partitions
     from retrain_platform.ingest import read_source
 
-    _, warehouse, registry = _resources()
     onboarding.check_customer_free(warehouse, args.customer, args.reuse)
     request = onboarding.OnboardingRequest(
         customer=args.customer,
@@ -443,7 +442,8 @@ def cmd_onboard(args) -> int:
     home.ensure()
     # Onboardings started together on one home would race to create its stores and to write the warehouse.
     with exclusive(home.root / "logs" / "onboard.lock"):
-        spec, now = _register_onboarding(args, home)
+        _, warehouse, registry = _resources()
+        spec, now = _register_onboarding(args, warehouse, registry)
     if not args.wait:
         if not daemon_running():
             print(
@@ -454,8 +454,6 @@ def cmd_onboard(args) -> int:
             print("  follow it on the Backfills page of the UI, or with `retrain-platform status`")
         return 0
     from retrain_platform.defs.onboarding import onboarding_id
-
-    _, warehouse, registry = _resources()
 
     def recorded() -> str | None:
         row = with_warehouse_retry(lambda: onboarding.status(warehouse, spec.customer))
@@ -481,7 +479,7 @@ def wait_for_onboarding(
     from retrain_platform import onboarding
     from retrain_platform.defs.onboarding import onboarding_progress
 
-    started, last = time.monotonic(), None
+    started, last, record_deadline = time.monotonic(), None, None
     with SharedDaemon(home) as daemon:
         if daemon.started_here:
             print(f"  started a Dagster daemon for this wait (log: {daemon.log_path})")
@@ -492,28 +490,19 @@ def wait_for_onboarding(
                     last = (state, text)
                     print(f"  [{time.monotonic() - started:5.0f} s] {state}: {text}", flush=True)
                 if state in (onboarding.READY, onboarding.FAILED):
-                    _wait_until_recorded(daemon, recorded, state, record_seconds, poll_seconds)
-                    return state
+                    if recorded() == state:
+                        return state
+                    record_deadline = record_deadline or time.monotonic() + record_seconds
+                    if time.monotonic() > record_deadline:
+                        print(f"  the onboarding sensor has not recorded {state} yet; `status` shows it once a daemon runs")
+                        return state
+                elif time.monotonic() - started > timeout_seconds:
+                    raise CommandError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
                 try:
                     daemon.ensure()
                 except DaemonStopped as error:
                     raise CommandError(str(error)) from error
-                if time.monotonic() - started > timeout_seconds:
-                    raise CommandError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
                 time.sleep(poll_seconds)
-
-
-def _wait_until_recorded(daemon: SharedDaemon, recorded, state: str, limit_seconds: float, poll_seconds: float) -> None:
-    deadline = time.monotonic() + limit_seconds
-    while recorded() != state:
-        if time.monotonic() > deadline:
-            print(f"  the onboarding sensor has not recorded {state} yet; `status` shows it once a daemon runs")
-            return
-        try:
-            daemon.ensure()
-        except DaemonStopped as error:
-            raise CommandError(str(error)) from error
-        time.sleep(poll_seconds)
 
 
 def with_warehouse_retry(read, attempts: int = 20, delay_seconds: float = 3.0):

@@ -234,8 +234,42 @@ def train_candidates(features: FeatureSet, settings: SearchSettings | None = Non
     y = features.y_train.to_numpy()
     # The search looks at the most recent rows only: they say most about the near future, and it bounds time.
     search_X, search_y = X[-settings.max_search_rows :], y[-settings.max_search_rows :]
+    splitter = TimeSeriesSplit(n_splits=settings.n_splits)
+    candidates = []
     try:
-        candidates = _search_families(features, settings, X, y, search_X, search_y, scorer)
+        for family, (estimator, space) in candidate_families(spec.task, settings.seed).items():
+            started = time.perf_counter()
+            search = RandomizedSearchCV(
+                estimator,
+                space,
+                n_iter=settings.n_iter,
+                scoring=scorer,
+                cv=splitter,
+                n_jobs=settings.n_jobs,
+                random_state=settings.seed,
+                refit=False,
+                error_score=np.nan,
+            )
+            search.fit(search_X, search_y)
+            scores = search.cv_results_["mean_test_score"]
+            if np.all(np.isnan(scores)):
+                continue
+            best = int(np.nanargmax(scores))
+            params = search.cv_results_["params"][best]
+            model = estimator.set_params(**params).fit(X, y)
+            pipeline = Pipeline([("preprocess", FrozenEstimator(features.preprocessor)), ("model", model)])
+            candidates.append(
+                Candidate(
+                    family=family,
+                    pipeline=pipeline,
+                    best_params=dict(params),
+                    cv_score=float(scores[best]),
+                    cv_std=float(search.cv_results_["std_test_score"][best]),
+                    scorer=scorer,
+                    fit_seconds=time.perf_counter() - started,
+                    cv_results={"mean_test_score": [float(s) for s in scores]},
+                )
+            )
     finally:
         release_search_workers()
     if not candidates:
@@ -254,47 +288,6 @@ def release_search_workers() -> None:
     from joblib.externals.loky import get_reusable_executor
 
     get_reusable_executor().shutdown(wait=True)
-
-
-def _search_families(
-    features: FeatureSet, settings: SearchSettings, X, y, search_X, search_y, scorer: str
-) -> list[Candidate]:
-    splitter = TimeSeriesSplit(n_splits=settings.n_splits)
-    candidates = []
-    for family, (estimator, space) in candidate_families(features.spec.task, settings.seed).items():
-        started = time.perf_counter()
-        search = RandomizedSearchCV(
-            estimator,
-            space,
-            n_iter=settings.n_iter,
-            scoring=scorer,
-            cv=splitter,
-            n_jobs=settings.n_jobs,
-            random_state=settings.seed,
-            refit=False,
-            error_score=np.nan,
-        )
-        search.fit(search_X, search_y)
-        scores = search.cv_results_["mean_test_score"]
-        if np.all(np.isnan(scores)):
-            continue
-        best = int(np.nanargmax(scores))
-        params = search.cv_results_["params"][best]
-        model = estimator.set_params(**params).fit(X, y)
-        pipeline = Pipeline([("preprocess", FrozenEstimator(features.preprocessor)), ("model", model)])
-        candidates.append(
-            Candidate(
-                family=family,
-                pipeline=pipeline,
-                best_params=dict(params),
-                cv_score=float(scores[best]),
-                cv_std=float(search.cv_results_["std_test_score"][best]),
-                scorer=scorer,
-                fit_seconds=time.perf_counter() - started,
-                cv_results={"mean_test_score": [float(s) for s in scores]},
-            )
-        )
-    return candidates
 
 
 def best_candidate(candidates: list[Candidate]) -> Candidate:
