@@ -126,10 +126,14 @@ def main() -> int:
 
         from retrain_platform.defs.onboarding import onboarding_id, onboarding_progress
 
-        _, warehouse, registry = cli._resources()
+        from retrain_platform.definitions import defs
+        from retrain_platform.runner import with_warehouse_retry
+
+        warehouse = defs.resources["warehouse"].get_warehouse()
+        registry = defs.resources["registry"].get_registry()
         keys = {
             name: onboarding_id(name, requested)
-            for name, requested in cli.with_warehouse_retry(lambda: onboarding.all_statuses(warehouse))[
+            for name, requested in with_warehouse_retry(lambda: onboarding.all_statuses(warehouse))[
                 ["customer", "requested_at"]
             ].itertuples(index=False)
         }

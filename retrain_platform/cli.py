@@ -10,9 +10,10 @@ import json
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from retrain_platform.local_daemon import DaemonStopped, SharedDaemon, daemon_running, exclusive
+from retrain_platform.local_daemon import daemon_running, exclusive
 from retrain_platform.settings import Home
 
 HOME_MARKER = ".retrain-home"
@@ -38,145 +39,51 @@ def _fresh_home(home: Home) -> None:
     (root / HOME_MARKER).write_text("made by retrain-platform demo\n")
 
 
-def _resources():
-    from retrain_platform.definitions import defs
+def _runner():
+    """The code location and instance of the home the command was pointed at (after `_home`)."""
+    from retrain_platform.runner import Runner
 
-    warehouse = defs.resources["warehouse"].get_warehouse()
-    registry = defs.resources["registry"].get_registry()
-    return defs, warehouse, registry
-
-
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    return Runner.open()
 
 
-def run_job(job_name: str, partition_key: str, run_config: dict | None = None, asset_selection=None, clock=None):
-    """Run a job for one partition as a real run on the Dagster instance (it shows in the UI).
-
-    `clock` (a `Clock` resource) replaces the real time, for the demo's simulated weeks."""
-    import dagster as dg
-
-    from retrain_platform.definitions import defs
-
-    job = defs.resolve_job_def(job_name)
-    with dg.DagsterInstance.get() as instance:
-        return job.execute_in_process(
-            instance=instance,
-            partition_key=partition_key,
-            run_config={**QUIET, **(run_config or {})},
-            asset_selection=asset_selection,
-            resources={"clock": clock} if clock is not None else None,
-            raise_on_error=False,
-        )
-
-
-def run_training(customer: str, trigger: str = "manual", clock=None):
-    """Materialize the training chain for one customer."""
-    config = {"ops": {name: {"config": {"trigger": trigger}} for name in ("candidate_models", "deployed_model")}}
-    return run_job("train_customer", customer, config, clock=clock)
-
-
-def add_partitions(name: str, keys: list[str]) -> None:
-    import dagster as dg
-
-    with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions(name, keys)
-
-
-def ingest_and_monitor(
-    warehouse, spec, frame, batch_id: str | None = None, monitor: bool = True, clock=None
-) -> list[str]:
-    """Ingest a batch, then check, score and measure it; re-measure older batches whose labels arrived."""
-    import dagster as dg
-
-    from retrain_platform.ingest import batch_partition_key, ingest
-
-    summary = ingest(warehouse, spec, frame, batch_id)
-    lines = [
-        f"{spec.customer}: batch {summary.batch_id}: {summary.new_rows:,} new rows, "
-        f"{summary.labels_merged:,} labels merged"
-        + (f" (ignored columns: {', '.join(summary.ignored_columns)})" if summary.ignored_columns else "")
-    ]
-    new_keys = [batch_partition_key(spec.customer, summary.batch_id)] if summary.new_rows else []
-    relabelled = [batch_partition_key(spec.customer, b) for b in summary.batches_with_new_labels if b != summary.batch_id]
-    if new_keys:
-        add_partitions("batches", new_keys)
-    if not monitor:
-        return lines
-    for key in new_keys:
-        result = run_job("monitor_batch", key, clock=clock)
-        lines.append(f"  monitored {key}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
-        if not result.success:
-            raise CommandError(f"monitoring failed for batch {key}; the batch is kept, see run {result.run_id}")
-    for key in relabelled:
-        if key.endswith(".history"):
-            continue
-        result = run_job("monitor_batch", key, asset_selection=[dg.AssetKey("drift_report")], clock=clock)
-        lines.append(f"  re-measured {key} with its new labels: {'succeeded' if result.success else 'FAILED'}")
-    return lines
+def _failed(error) -> CommandError:
+    return CommandError(str(error))
 
 
 def cmd_demo(args) -> int:
     home = _home(args)
     _fresh_home(home)
     started = time.perf_counter()
-    import dagster as dg
-
-    from retrain_platform import customers
-    from retrain_platform.defs.resources import Clock
-    from retrain_platform.demo_data import HISTORY_END, batch_window, demo_customers
-    from retrain_platform.ingest import HISTORY_BATCH
-    from retrain_platform.spec import complete_spec, parse_spec
-
-    defs, warehouse, registry = _resources()
-    demo = demo_customers(seed=args.seed)
-    for customer in demo:
-        spec = complete_spec(parse_spec(customer.spec), customer.history)
-        warehouse.write(spec.landing_table, customer.history.assign(batch_id=HISTORY_BATCH))
-        customers.save_spec(warehouse, spec)
-        print(f"loaded {spec.customer}: {len(customer.history):,} rows into {spec.landing_table} ({customer.drift})")
-    names = [parse_spec(c.spec).customer for c in demo]
-    with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions("customers", names)
-    # The demo replays the customers' weeks at simulated times: the clock stands at the end of each week, so
-    # the ledger, the alerts and the sensors' cooldown follow the data's calendar.
-    clock = Clock(frozen_at=HISTORY_END.isoformat())
-    failed = []
-    for name in names:
-        result = run_training(name, trigger="demo: first training", clock=clock)
-        print(f"trained {name}: run {result.run_id[:8]} {'succeeded' if result.success else 'FAILED'}")
-        if not result.success:
-            failed.append(name)
-    cursors: dict[str, str | None] = {}
-    for index in range(min(args.batches, len(demo[0].batches))):
-        week_end = batch_window(index)[1]
-        clock = Clock(frozen_at=week_end.isoformat())
-        print(f"\nweek {index + 1} (simulated time {week_end:%Y-%m-%d}): batches arrive, then the sensors tick")
-        for customer in demo:
-            spec = customers.load_spec(warehouse, customer.customer)
-            if spec.customer in failed:
-                continue
-            if registry.alias_version(spec.model_name, "champion") is None:
-                if index == 0:
-                    print(
-                        f"{spec.customer}: no champion yet ({spec.mode} mode), its batches wait; "
-                        f"approve it with: retrain-platform approve {spec.customer}"
-                    )
-                continue
-            batch = customer.batches[index]
-            for line in ingest_and_monitor(warehouse, spec, batch, batch_id=f"week-{index + 1}", clock=clock):
-                print(line)
-        for line in tick_automation(defs, warehouse, cursors, clock):
-            print(line)
-    print()
-    print(drift_summary(warehouse))
-
-    print()
-    print(automated_changes(warehouse))
-
+    from retrain_platform import demo
     from retrain_platform.status import customer_status, format_table
 
-    print()
-    print(format_table(customer_status(warehouse, registry)))
+    with _runner() as runner:
+        setups = demo.load_customers(runner, seed=args.seed)
+        for setup in setups:
+            print(
+                f"loaded {setup.spec.customer}: {len(setup.customer.history):,} rows into {setup.spec.landing_table} "
+                f"({setup.customer.drift})"
+            )
+        demo.train_first_models(runner, setups)
+        failed = [setup.spec.customer for setup in setups if not setup.training.success]
+        for setup in setups:
+            run = setup.training
+            print(f"trained {setup.spec.customer}: run {run.run_id[:8]} {'succeeded' if run.success else 'FAILED'}")
+        for week in demo.replay_weeks(runner, setups, args.batches):
+            print(
+                f"\nweek {week.number} (simulated time {week.ends:%Y-%m-%d}): batches of {', '.join(week.arrived) or 'nobody'} "
+                "arrive and are scored, the sensors tick, the labels arrive, the sensors tick again"
+            )
+            for customer in week.waiting if week.number == 1 else []:
+                print(f"{customer}: no champion yet, its batches wait; approve it with: retrain-platform approve {customer}")
+            for line in _firing_lines(week.firings):
+                print(line)
+        print()
+        print(_drift_summary(runner.warehouse))
+        print()
+        print(_automated_changes(runner.warehouse, demo.DEMO_TRIGGER))
+        print()
+        print(format_table(customer_status(runner.warehouse, runner.registry)))
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; home: {home.root}")
     print(f"open the UI with: DAGSTER_HOME={home.dagster_home} RETRAIN_HOME={home.root} dagster dev")
     if failed:
@@ -184,47 +91,39 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# The sensors the demo ticks after each simulated week; under `dagster dev` the daemon ticks all of them.
-DEMO_SENSORS = ("drift_sensor", "performance_sensor", "auto_rollback_sensor", "deployment_alerts_sensor")
-
-
-def tick_automation(defs, warehouse, cursors: dict, clock) -> list[str]:
-    """Tick the demo's sensors once, as the daemon would, and run what they request; say what fired and why."""
-    import dagster as dg
-
-    from retrain_platform import ledger
-    from retrain_platform.defs.automation import EVIDENCE_TAG, tick_in_process
-    from retrain_platform.settings import CUSTOMER_TAG
-
+def _firing_lines(firings) -> list[str]:
     lines = []
-    with dg.DagsterInstance.get() as instance:
-        for name in DEMO_SENSORS:
-            tick = tick_in_process(
-                defs, name, instance, cursor=cursors.get(name), resources={"clock": clock}, run_config=QUIET
-            )
-            cursors[name] = tick.cursor
-            for request, result in tick.runs:
-                customer = request.tags[CUSTOMER_TAG]
-                lines.append(f"  {name} fired for {customer}: {request.tags[EVIDENCE_TAG]}")
-                history = ledger.history(warehouse, customer)
-                rows = history[history["dagster_run_id"] == result.run_id]
-                if not result.success or rows.empty:
-                    lines.append(f"    run {result.run_id[:8]} FAILED; see it in the UI")
-                    continue
-                row = rows.iloc[-1]
-                lines.append(
-                    f"    run {result.run_id[:8]} ({result.job_def.name}): {row['action']} (verdict {row['verdict']}), "
-                    f"champion {row['from_version'] or '-'} -> {row['champion_after'] or '-'}"
-                )
+    for firing in firings:
+        lines.append(f"  {firing.sensor} fired for {firing.customer}: {firing.evidence}")
+        if not firing.run.success or firing.action is None:
+            lines.append(f"    run {firing.run.run_id[:8]} FAILED: {firing.run.failure or 'see it in the UI'}")
+            continue
+        lines.append(
+            f"    run {firing.run.run_id[:8]} ({firing.run.job}): {firing.action} (verdict {firing.verdict}), "
+            f"champion {firing.from_version or '-'} -> {firing.champion_after or '-'}"
+        )
     return lines
 
 
-def automated_changes(warehouse) -> str:
-    """The ledger rows the sensors caused: why each model changed, as a person would ask it from SQL."""
-    from retrain_platform import alerts, ledger
+def _batch_lines(spec, outcome) -> list[str]:
+    summary = outcome.summary
+    lines = [
+        f"{spec.customer}: batch {summary.batch_id}: {summary.new_rows:,} new rows, {summary.labels_merged:,} labels merged"
+        + (f" (ignored columns: {', '.join(summary.ignored_columns)})" if summary.ignored_columns else "")
+    ]
+    lines += [f"  monitored {run.partition}: run {run.run_id[:8]} succeeded" for run in outcome.monitored]
+    lines += [
+        f"  re-measured {run.partition} with its new labels: {'succeeded' if run.success else 'FAILED'}"
+        for run in outcome.remeasured
+    ]
+    return lines
 
-    history = ledger.history(warehouse)
-    automated = history[~history["trigger"].astype(str).str.startswith("demo")]
+
+def _automated_changes(warehouse, demo_trigger: str) -> str:
+    """The ledger rows the sensors caused: why each model changed, as a person would ask it from SQL."""
+    from retrain_platform.runner import automated_changes
+
+    automated, raised = automated_changes(warehouse, demo_trigger)
     lines = ["what the sensors did (model_ledger)"]
     for row in automated.itertuples():
         lines.append(
@@ -233,28 +132,23 @@ def automated_changes(warehouse) -> str:
         )
     if automated.empty:
         lines.append("  nothing: no trigger fired")
-    raised = alerts.history(warehouse)
     lines.append(f"alerts ({len(raised)} in the `alerts` table)")
     for row in raised.itertuples():
         lines.append(f"  {row.recorded_at:%Y-%m-%d} {row.customer or '-':<20} {row.kind:<17} {row.message[:140]}")
     return "\n".join(lines)
 
 
-def drift_summary(warehouse) -> str:
+def _drift_summary(warehouse) -> str:
     """Per customer and batch: the share of drifted features and which ones drifted."""
-    from retrain_platform.monitoring import DRIFT_TABLE
+    from retrain_platform.monitoring import drift_by_batch
 
-    if not warehouse.table_exists(DRIFT_TABLE):
+    features = drift_by_batch(warehouse)
+    if features.empty:
         return "no batch measured yet"
-    frame = warehouse.query(
-        f'select "customer", "batch_id", "column", "drifted" from "{DRIFT_TABLE}" order by "customer", "batch_id"'
-    )
-    frame["drifted"] = frame["drifted"].astype(str).str.lower().isin(["true", "1"])
-    features = frame[frame["column"] != "__prediction__"]
     lines = ["drift per batch (share of drifted features: the drifted ones)"]
     for (customer, batch), rows in features.groupby(["customer", "batch_id"], sort=True):
         drifted = rows.loc[rows["drifted"], "column"].tolist()
-        lines.append(f"  {customer:<20} {batch:<8} {rows['drifted'].mean():5.0%}  {', '.join(drifted) or '-'}")
+        lines.append(f"  {customer:<20} {batch:<10} {rows['drifted'].mean():5.0%}  {', '.join(drifted) or '-'}")
     return "\n".join(lines)
 
 
@@ -264,12 +158,17 @@ def cmd_ingest(args) -> int:
         raise CommandError(f"no platform home at {home.root}")
     from retrain_platform.customers import load_spec
     from retrain_platform.ingest import read_source
+    from retrain_platform.runner import RunFailed
 
-    _, warehouse, _ = _resources()
-    spec = load_spec(warehouse, args.customer)
-    _refuse_offboarded(warehouse, spec.customer)
-    frame = read_source(args.source)
-    for line in ingest_and_monitor(warehouse, spec, frame, batch_id=args.batch, monitor=not args.no_monitor):
+    with _runner() as runner:
+        spec = load_spec(runner.warehouse, args.customer)
+        _refuse_offboarded(runner.warehouse, spec.customer)
+        frame = read_source(args.source)
+        try:
+            outcome = runner.ingest_and_monitor(spec, frame, batch_id=args.batch, monitor=not args.no_monitor)
+        except RunFailed as error:
+            raise _failed(error) from None
+    for line in _batch_lines(spec, outcome):
         print(line)
     return 0
 
@@ -288,8 +187,8 @@ def cmd_status(args) -> int:
         raise CommandError(f"no platform home at {home.root}: run `retrain-platform demo` first")
     from retrain_platform.status import customer_status, format_table
 
-    _, warehouse, registry = _resources()
-    rows = customer_status(warehouse, registry)
+    with _runner() as runner:
+        rows = customer_status(runner.warehouse, runner.registry)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
@@ -303,25 +202,26 @@ def cmd_train(args) -> int:
         raise CommandError(f"no platform home at {home.root}")
     from retrain_platform.customers import load_spec
 
-    _, warehouse, _ = _resources()
-    load_spec(warehouse, args.customer)
-    _refuse_offboarded(warehouse, args.customer)
-    result = run_training(args.customer)
+    with _runner() as runner:
+        load_spec(runner.warehouse, args.customer)
+        _refuse_offboarded(runner.warehouse, args.customer)
+        result = runner.train(args.customer)
     print(f"run {result.run_id}: {'succeeded' if result.success else 'failed'}")
     if not result.success:
-        raise CommandError(f"training run {result.run_id} failed for {args.customer}; see the run in the UI")
+        raise CommandError(f"training run {result.run_id} failed for {args.customer}: {result.failure}")
     return 0
 
 
-def _deployment_context(args):
-    """The warehouse, registry, spec and current time for approve and rollback."""
+@contextmanager
+def _customer_runner(args):
+    """The runner and the customer's spec, for approve, rollback and offboard."""
     home = _home(args)
     if not home.warehouse_path.exists():
         raise CommandError(f"no platform home at {home.root}")
     from retrain_platform.customers import load_spec
 
-    defs, warehouse, registry = _resources()
-    return defs, warehouse, registry, load_spec(warehouse, args.customer)
+    with _runner() as runner:
+        yield runner, load_spec(runner.warehouse, args.customer)
 
 
 def cmd_approve(args) -> int:
@@ -329,9 +229,10 @@ def cmd_approve(args) -> int:
 
     from retrain_platform import deployment
 
-    defs, warehouse, registry, spec = _deployment_context(args)
-    now = defs.resources["clock"].now()
-    entry = deployment.approve(warehouse, registry, spec, args.version, now=now, approved_by=f"cli:{getpass.getuser()}")
+    with _customer_runner(args) as (runner, spec):
+        entry = deployment.approve(
+            runner.warehouse, runner.registry, spec, args.version, now=runner.now(), approved_by=f"cli:{getpass.getuser()}"
+        )
     print(
         f"{spec.customer}: version {entry.to_version} approved; champion {entry.from_version or '-'} -> "
         f"{entry.champion_after} (models:/{spec.model_name}@champion); the ledger records it"
@@ -344,14 +245,18 @@ def cmd_rollback(args) -> int:
 
     from retrain_platform import alerts, deployment
 
-    defs, warehouse, registry, spec = _deployment_context(args)
-    now = defs.resources["clock"].now()
-    reason = args.reason or "rolled back by hand from the command line"
-    entry = deployment.rollback(warehouse, registry, spec, args.to, now=now, reason=reason, trigger="manual: cli")
-    quiet = logging.getLogger("retrain_platform.cli.alerts")
-    quiet.propagate = False  # the command prints its own line; the alert still reaches the table and webhook
-    message = f"champion rolled back from version {entry.from_version} to {entry.to_version}: {reason}"
-    defs.resources["alerts"].send(warehouse, alerts.Alert(now, spec.customer, alerts.ROLLBACK, message), log=quiet)
+    with _customer_runner(args) as (runner, spec):
+        now = runner.now()
+        reason = args.reason or "rolled back by hand from the command line"
+        entry = deployment.rollback(
+            runner.warehouse, runner.registry, spec, args.to, now=now, reason=reason, trigger="manual: cli"
+        )
+        quiet = logging.getLogger("retrain_platform.cli.alerts")
+        quiet.propagate = False  # the command prints its own line; the alert still reaches the table and webhook
+        message = f"champion rolled back from version {entry.from_version} to {entry.to_version}: {reason}"
+        runner.defs.resources["alerts"].send(
+            runner.warehouse, alerts.Alert(now, spec.customer, alerts.ROLLBACK, message), log=quiet
+        )
     print(
         f"{spec.customer}: champion rolled back {entry.from_version} -> {entry.to_version} "
         f"(version {entry.from_version} is now previous-champion); the ledger records it"
@@ -369,16 +274,32 @@ def _names(values: list[str] | None) -> list[str] | None:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
-def _register_onboarding(args, warehouse, registry):
-    """Validate the source, load the history, add the partitions and record the request; the sensors do the rest."""
-    import dagster as dg
+def _print_registration(registration) -> None:
+    prepared = registration.prepared
+    spec = prepared.spec
+    kinds = {kind: sum(1 for k in spec.kinds.values() if k == kind) for kind in ("numeric", "categorical")}
+    print(
+        f"{spec.customer}: {len(prepared.history):,} rows ({prepared.labelled_rows:,} labelled) into {spec.landing_table}; "
+        f"task {spec.task}, metric {spec.primary_metric}, label {spec.label_column!r}, timestamp {spec.timestamp_column!r}, "
+        f"id {spec.id_column!r}; {kinds['numeric']} numeric and {kinds['categorical']} categorical features; mode {spec.mode}"
+    )
+    first, last = prepared.batch_ids[0], prepared.batch_ids[-1]
+    print(f"  history cut into {len(prepared.batch_ids)} {prepared.period}ly batches: {first} .. {last}")
+    if registration.archived_table:
+        print(f"  the earlier landing table is kept as {registration.archived_table}")
+    print("  partitions added; the onboarding sensors now backfill: first training, then the history batches")
 
+
+def cmd_onboard(args) -> int:
     from retrain_platform import onboarding
-    from retrain_platform.customers import load_spec
-    from retrain_platform.defs.onboarding import add_customer_partitions
-    from retrain_platform.ingest import read_source
+    from retrain_platform.defs.onboarding import onboarding_id
+    from retrain_platform.local_daemon import DaemonStopped
+    from retrain_platform.runner import wait_for_onboarding, with_warehouse_retry
+    from retrain_platform.spec import validate_customer_id
 
-    onboarding.check_customer_free(warehouse, args.customer, args.reuse)
+    validate_customer_id(args.customer)
+    home = _home(args)
+    home.ensure()
     request = onboarding.OnboardingRequest(
         customer=args.customer,
         label=args.label,
@@ -391,59 +312,11 @@ def _register_onboarding(args, warehouse, registry):
         batch_period=args.batch_period,
         reuse=args.reuse,
     )
-    prepared = onboarding.prepare(read_source(args.source), request)
-    spec = prepared.spec
-    if args.reuse:
-        previous = load_spec(warehouse, args.customer)
-        champion = registry.alias_version(spec.model_name, "champion")
-        if champion is not None and (previous.kinds != spec.kinds or previous.task != spec.task):
-            raise CommandError(
-                f"{args.customer}: its champion (version {champion}) was trained on other columns or another task; "
-                "onboard the new data under a new customer id"
-            )
-    now = onboarding.utc_now()
-    archived = onboarding.load_history(warehouse, prepared, now)
-    with dg.DagsterInstance.get() as instance:
-        add_customer_partitions(instance, spec.customer, prepared.batch_ids)
-    onboarding.record(
-        warehouse,
-        spec.customer,
-        onboarding.REQUESTED,
-        now,
-        mode=spec.mode,
-        source=str(Path(args.source).resolve()),
-        rows=len(prepared.history),
-        labelled_rows=prepared.labelled_rows,
-        batches=len(prepared.batch_ids),
-        batch_period=prepared.period,
-        requested_at=now,
-        message="waiting for the onboarding sensors",
-    )
-    kinds = {kind: sum(1 for k in spec.kinds.values() if k == kind) for kind in ("numeric", "categorical")}
-    print(
-        f"{spec.customer}: {len(prepared.history):,} rows ({prepared.labelled_rows:,} labelled) into {spec.landing_table}; "
-        f"task {spec.task}, metric {spec.primary_metric}, label {spec.label_column!r}, timestamp {spec.timestamp_column!r}, "
-        f"id {spec.id_column!r}; {kinds['numeric']} numeric and {kinds['categorical']} categorical features; mode {spec.mode}"
-    )
-    first, last = prepared.batch_ids[0], prepared.batch_ids[-1]
-    print(f"  history cut into {len(prepared.batch_ids)} {prepared.period}ly batches: {first} .. {last}")
-    if archived:
-        print(f"  the earlier landing table is kept as {archived}")
-    print("  partitions added; the onboarding sensors now backfill: first training, then the history batches")
-    return spec, now
-
-
-def cmd_onboard(args) -> int:
-    from retrain_platform import onboarding
-    from retrain_platform.spec import validate_customer_id
-
-    validate_customer_id(args.customer)
-    home = _home(args)
-    home.ensure()
     # Onboardings started together on one home would race to create its stores and to write the warehouse.
-    with exclusive(home.root / "logs" / "onboard.lock"):
-        _, warehouse, registry = _resources()
-        spec, now = _register_onboarding(args, warehouse, registry)
+    with exclusive(home.root / "logs" / "onboard.lock"), _runner() as runner:
+        registration = runner.register_onboarding(request, Path(args.source))
+    _print_registration(registration)
+    customer = registration.prepared.spec.customer
     if not args.wait:
         if not daemon_running():
             print(
@@ -453,106 +326,45 @@ def cmd_onboard(args) -> int:
         else:
             print("  follow it on the Backfills page of the UI, or with `retrain-platform status`")
         return 0
-    from retrain_platform.defs.onboarding import onboarding_id
 
-    def recorded() -> str | None:
-        row = with_warehouse_retry(lambda: onboarding.status(warehouse, spec.customer))
-        return row["status"] if row else None
+    with _runner() as runner:
 
-    state = wait_for_onboarding(home, onboarding_id(spec.customer, now), recorded, timeout_seconds=args.timeout)
-    print(with_warehouse_retry(lambda: onboarding_summary(warehouse, registry, spec.customer, state)))
+        def recorded() -> str | None:
+            row = with_warehouse_retry(lambda: onboarding.status(runner.warehouse, customer))
+            return row["status"] if row else None
+
+        try:
+            state = wait_for_onboarding(
+                home,
+                onboarding_id(customer, registration.requested_at),
+                recorded,
+                timeout_seconds=args.timeout,
+                on_progress=lambda line: print(f"  {line}", flush=True),
+            )
+        except (TimeoutError, DaemonStopped) as error:
+            raise _failed(error) from None
+        print(with_warehouse_retry(lambda: _onboarding_summary(runner, customer, state)))
     if state != onboarding.READY:
-        raise CommandError(f"onboarding of {spec.customer} ended {state}: see the Backfills page in the UI")
+        raise CommandError(f"onboarding of {customer} ended {state}: see the Backfills page in the UI")
     return 0
 
 
-def wait_for_onboarding(
-    home: Home, key: str, recorded, timeout_seconds: float, poll_seconds: float = 3.0, record_seconds: float = 120.0
-) -> str:
-    """Block until onboarding `key` is ready or failed, with a daemon shared by every command that waits.
-
-    The backfills' records say when the work is done; the daemon stays until the onboarding sensor has also
-    recorded it (`recorded()` reads the onboarding table) and sent its alert, or `status` would lag behind.
-    """
-    import dagster as dg
-
-    from retrain_platform import onboarding
-    from retrain_platform.defs.onboarding import onboarding_progress
-
-    started, last, record_deadline = time.monotonic(), None, None
-    with SharedDaemon(home) as daemon:
-        if daemon.started_here:
-            print(f"  started a Dagster daemon for this wait (log: {daemon.log_path})")
-        with dg.DagsterInstance.get() as instance:
-            while True:
-                state, text = onboarding_progress(instance, key)
-                if (state, text) != last:
-                    last = (state, text)
-                    print(f"  [{time.monotonic() - started:5.0f} s] {state}: {text}", flush=True)
-                if state in (onboarding.READY, onboarding.FAILED):
-                    if recorded() == state:
-                        return state
-                    record_deadline = record_deadline or time.monotonic() + record_seconds
-                    if time.monotonic() > record_deadline:
-                        print(f"  the onboarding sensor has not recorded {state} yet; `status` shows it once a daemon runs")
-                        return state
-                elif time.monotonic() - started > timeout_seconds:
-                    raise CommandError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
-                try:
-                    daemon.ensure()
-                except DaemonStopped as error:
-                    raise CommandError(str(error)) from error
-                time.sleep(poll_seconds)
-
-
-def with_warehouse_retry(read, attempts: int = 20, delay_seconds: float = 3.0):
-    """A read the CLI makes while runs write: DuckDB's single writer may hold the file for a while."""
-    for attempt in range(attempts):
-        try:
-            return read()
-        except Exception as error:
-            if "lock" not in str(error).lower() or attempt == attempts - 1:
-                raise
-            time.sleep(delay_seconds)
-
-
-def onboarding_summary(warehouse, registry, customer: str, state: str) -> str:
+def _onboarding_summary(runner, customer: str, state: str) -> str:
     """What onboarding produced: backfills and runs, the first model's verdict, drift over the history, the
     profile's warnings, and what to do next."""
-    import dagster as dg
-
-    from retrain_platform import ledger, onboarding
+    from retrain_platform import ledger, monitoring, onboarding, profiling
     from retrain_platform.customers import load_spec
-    from retrain_platform.defs.onboarding import (
-        HISTORY_STAGE,
-        PROFILES_TABLE,
-        TRAINING_STAGE,
-        onboarding_id,
-        stage_backfills,
-    )
-    from retrain_platform.monitoring import DRIFT_BATCHES_TABLE, metric_history
-    from retrain_platform.warehouse import quote
+    from retrain_platform.ingest import HISTORY_PREFIX
 
+    warehouse = runner.warehouse
     spec = load_spec(warehouse, customer)
-    recorded = onboarding.status(warehouse, customer) or {}
     lines = [f"onboarding of {customer}: {state}"]
-    key = onboarding_id(customer, recorded.get("requested_at"))
-    with dg.DagsterInstance.get() as instance:
-        for stage in (TRAINING_STAGE, HISTORY_STAGE):
-            for backfill in stage_backfills(instance, key, stage)[:1]:
-                runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
-                statuses = sorted({record.dagster_run.status.value for record in runs})
-                lines.append(
-                    f"  {stage} backfill {backfill.backfill_id}: {backfill.status.value}, "
-                    f"{len(runs)} run(s) ({', '.join(statuses) or '-'})"
-                )
-        features = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("features"), asset_partitions=[customer]), limit=1
-        ).records
-    holdout_starts = None
-    if features and features[0].asset_materialization is not None:
-        entry = features[0].asset_materialization.metadata.get("holdout_starts")
-        holdout_starts = entry.value if entry is not None else None
+    for backfill in runner.onboarding_backfills(customer):
+        lines.append(
+            f"  {backfill['stage']} backfill {backfill['backfill_id']}: {backfill['status']}, "
+            f"{backfill['runs']} run(s) ({', '.join(backfill['run_statuses']) or '-'})"
+        )
+    holdout_starts = runner.holdout_start(customer)
     history = ledger.history(warehouse, customer)
     if not history.empty:
         row = history.iloc[-1]
@@ -560,64 +372,112 @@ def onboarding_summary(warehouse, registry, customer: str, state: str) -> str:
             f"  first model: version {row['to_version']}, verdict {row['verdict']}, action {row['action']}; "
             f"champion {row['champion_after'] or 'none yet'}"
         )
-    if warehouse.table_exists(DRIFT_BATCHES_TABLE):
-        drifts = warehouse.query(
-            f"select batch_id, batch_start, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
-            "where customer = ? and batch_id like ? order by batch_start",
-            [customer, "history-%"],
+    drifts = monitoring.batch_summaries(warehouse, customer, HISTORY_PREFIX)
+    realized = monitoring.metric_history(warehouse, customer, spec.primary_metric)
+    realized = dict(realized[realized["kind"] == "realized"][["batch_id", "value"]].itertuples(index=False))
+    samples = [""] * len(drifts)
+    if holdout_starts is not None and len(drifts):
+        samples = onboarding.backtest_sample(drifts["batch_start"].tolist(), holdout_starts)
+        lines.append(
+            f"  backtest by history batch ({spec.primary_metric} realized; the first model trained on the rows "
+            f"before {holdout_starts}, so only its holdout is out of sample):"
         )
-        realized = metric_history(warehouse, customer, spec.primary_metric)
-        realized = dict(realized[realized["kind"] == "realized"][["batch_id", "value"]].itertuples(index=False))
-        samples = [""] * len(drifts)
-        if holdout_starts is not None and len(drifts):
-            samples = onboarding.backtest_sample(drifts["batch_start"].tolist(), holdout_starts)
-            lines.append(
-                f"  backtest by history batch ({spec.primary_metric} realized; the first model trained on the rows "
-                f"before {holdout_starts}, so only its holdout is out of sample):"
-            )
-        for row, sample in zip(drifts.itertuples(), samples, strict=True):
-            value = realized.get(row.batch_id)
-            metric = f"{spec.primary_metric} {value:.3f}" if value is not None else f"{spec.primary_metric} -"
-            lines.append(
-                f"    {row.batch_id:<18} {int(row.rows):>7,} rows  {metric:<16} {sample:<15} "
-                f"drift {row.drift_share:4.0%}  {row.drifted_columns or '-'}"
-            )
-    if warehouse.table_exists(PROFILES_TABLE):
-        profiles = warehouse.query(f"select profile_json from {quote(PROFILES_TABLE)} where customer = ?", [customer])
-        if len(profiles):
-            warnings = json.loads(profiles.iloc[0, 0]).get("warnings", [])
-            lines.append(f"  data profile: {len(warnings)} warning(s)" + "".join(f"\n    - {w}" for w in warnings[:8]))
-    if registry.alias_version(spec.model_name, "champion") is None and spec.mode == "approve":
+    for row, sample in zip(drifts.itertuples(), samples, strict=True):
+        value = realized.get(row.batch_id)
+        metric = f"{spec.primary_metric} {value:.3f}" if value is not None else f"{spec.primary_metric} -"
+        lines.append(
+            f"    {row.batch_id:<18} {int(row.rows):>7,} rows  {metric:<16} {sample:<15} "
+            f"drift {row.drift_share:4.0%}  {row.drifted_columns or '-'}"
+        )
+    warnings = profiling.stored_warnings(warehouse, customer)
+    lines.append(f"  data profile: {len(warnings)} warning(s)" + "".join(f"\n    - {w}" for w in warnings[:8]))
+    if runner.champion(spec) is None and spec.mode == "approve":
         lines.append(f"  next: review data_profile and evaluation_report in the UI, then `retrain-platform approve {customer}`")
     return "\n".join(lines)
 
 
 def cmd_offboard(args) -> int:
-    import dagster as dg
-
-    from retrain_platform import onboarding
-    from retrain_platform.defs.onboarding import (
-        cancel_onboarding_backfills,
-        remove_customer_partitions,
-    )
-
-    defs, warehouse, _, spec = _deployment_context(args)
-    state = onboarding.status(warehouse, spec.customer)
-    if state is not None and state["status"] == onboarding.OFFBOARDED:
-        raise CommandError(f"{spec.customer} is already offboarded")
-    with dg.DagsterInstance.get() as instance:
-        cancelled = cancel_onboarding_backfills(instance, spec.customer)
-        removed = remove_customer_partitions(instance, spec.customer)
-    now = defs.resources["clock"].now()
-    message = "offboarded: no schedule or sensor acts for it; data, models and ledger are kept"
-    onboarding.record(warehouse, spec.customer, onboarding.OFFBOARDED, now, message=message)
+    with _customer_runner(args) as (runner, spec):
+        cancelled, removed = runner.offboard(spec)
     print(
-        f"{spec.customer}: {message} ({spec.landing_table}, models:/{spec.model_name}, model_ledger); "
+        f"{spec.customer}: offboarded: no schedule or sensor acts for it; data, models and ledger are kept "
+        f"({spec.landing_table}, models:/{spec.model_name}, model_ledger); "
         f"removed its partition and {removed} batch partition(s)"
         + (f"; cancelled backfill(s) {', '.join(cancelled)}" if cancelled else "")
     )
     print(f"  onboarding {spec.customer} again needs --reuse")
     return 0
+
+
+# -------------------------------------------------------------------------------------------------- replay
+
+
+def cmd_replay(args) -> int:
+    from retrain_platform import examples, replay
+    from retrain_platform.ingest import read_source
+
+    if args.example is not None and args.source:
+        raise CommandError("--example and --source: give one of them")
+    if args.example is not None:
+        example = examples.load_example(args.example)
+        frame, name = example.frame, example.name
+        label, timestamp, id_column = example.label, example.timestamp, example.id_column
+        batch, initial, overrides = args.batch or example.batch, args.initial or example.initial, example.spec_overrides
+        print(f"example {example.name}: {example.description}", file=sys.stderr)
+    else:
+        if not args.source or not args.label:
+            raise CommandError("--source and --label are needed (or --example)")
+        frame, name = read_source(args.source), Path(args.source).stem
+        label, timestamp, id_column = args.label, args.timestamp, args.id
+        batch, initial, overrides = args.batch or "auto", args.initial, None
+    policies = _names([args.policies]) or list(replay.POLICIES)
+    if args.every < 1:
+        raise CommandError(f"--every: {args.every} must be at least 1")
+    plan = replay.plan_replay(
+        frame, label=label, timestamp=timestamp, id_column=id_column, batch=batch, initial=initial, spec_overrides=overrides
+    )
+    out = Path(args.out).resolve()
+    print(
+        f"replaying {name}: first model on {len(plan.initial):,} rows up to {plan.initial_end:%Y-%m-%d}, then "
+        f"{len(plan.batches)} batches of {plan.batch_size}; task {plan.spec.task}, metric {plan.metric}; "
+        f"policies {', '.join(policies)}"
+        + (f"; no --id, so rows are numbered in `{plan.spec.id_column}` for late labels" if plan.added_id else ""),
+        file=sys.stderr,
+    )
+    started, shown = time.perf_counter(), {}
+
+    def progress(policy: str, done: int, total: int, elapsed: float) -> None:
+        if done == total or elapsed - shown.get(policy, -1e9) >= args.progress_seconds:
+            shown[policy] = elapsed
+            print(f"  [{time.perf_counter() - started:5.0f} s] {policy:<12} {done}/{total} batches ({elapsed:.0f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    options = replay.PolicyOptions(every=args.every, search=_search(args))
+    results = replay.replay(plan, policies, out, options, workers=args.workers, on_progress=progress)
+    report = [result.to_json() for result in results]
+    (out / "replay.json").write_text(json.dumps(report, indent=2))
+    table = replay.summary_table(results)
+    (out / "replay.md").write_text(table.to_markdown(index=False) + "\n")
+    chart = replay.draw_chart(results, plan, out / "replay.png", name)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(table.to_markdown(index=False))
+        print(f"\nchart: {chart}\nper-policy homes (ledger, runs, MLflow): {out / 'homes'}")
+    print(f"replay finished in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    failed = [result for result in results if result.error]
+    if failed:
+        raise CommandError("; ".join(f"policy {r.policy} failed: {r.error}" for r in failed))
+    return 0
+
+
+def _search(args) -> dict | None:
+    search = {}
+    if args.search_iterations is not None:
+        search["search_iterations"] = args.search_iterations
+    if args.cv_splits is not None:
+        search["cv_splits"] = args.cv_splits
+    return search or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -697,6 +557,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     offboard.add_argument("customer")
     offboard.set_defaults(handler=cmd_offboard)
+
+    replay = commands.add_parser(
+        "replay",
+        help="what each retraining policy would have done on a dataset's own history, on the real platform",
+        description=(
+            "Train a first model on the initial window, then walk the rest of the history batch by batch as "
+            "production would see it (rows first, labels later), once per policy, each in a home of its own "
+            "under --out. Prints a table (or --json) and writes replay.json, replay.md and replay.png."
+        ),
+    )
+    replay.add_argument("--source", help="a .csv or .parquet file with a label and a time order")
+    replay.add_argument("--example", nargs="?", const="seattle-weather", metavar="NAME",
+                        help="replay a shipped dataset instead: seattle-weather (default) or a demo customer")  # fmt: skip
+    replay.add_argument("--label", help="the label column")
+    replay.add_argument("--timestamp", help="the timestamp column (default: inferred as onboard does)")
+    replay.add_argument("--id", help="a unique row id column (default: rows are numbered)")
+    replay.add_argument("--batch", help="batch size: a period (day, week, month, quarter, year, '6 months') or a "
+                        "number of rows (default: the finest period giving at most 36 batches)")  # fmt: skip
+    replay.add_argument("--initial", help="the first model's window: a period ('1 year') or rows (default: 30%% of rows)")
+    replay.add_argument("--policies", default=",".join(("never", "scheduled", "drift", "performance", "default", "always")),
+                        help="comma-separated, from never, scheduled, drift, performance, default, always (default: all)")  # fmt: skip
+    replay.add_argument("--every", type=int, default=4, help="the scheduled policy retrains every N batches (default 4)")
+    replay.add_argument("--out", default="replay", help="folder for the homes, replay.json, replay.md and replay.png")
+    replay.add_argument("--json", action="store_true", help="print one JSON object per policy instead of a table")
+    replay.add_argument("--workers", type=int, help="policies replayed at once (default: the machine's cores)")
+    replay.add_argument("--search-iterations", type=int, help="hyper-parameter samples per model family (platform default 4)")
+    replay.add_argument("--cv-splits", type=int, help="time-series CV folds of the search (platform default 3)")
+    replay.add_argument("--progress-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+    replay.set_defaults(handler=cmd_replay)
     return parser
 
 

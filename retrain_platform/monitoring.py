@@ -292,6 +292,30 @@ def store_report(
     warehouse.write(DRIFT_BATCHES_TABLE, summary, replace_where=key)
 
 
+def drift_by_batch(warehouse: Warehouse) -> pd.DataFrame:
+    """Per customer, batch and feature whether it drifted (the prediction's own row left out), oldest first."""
+    if not warehouse.table_exists(DRIFT_TABLE):
+        return pd.DataFrame(columns=["customer", "batch_id", "column", "drifted"])
+    frame = warehouse.query(
+        f'select "customer", "batch_id", "column", "drifted" from {quote(DRIFT_TABLE)} '
+        'where "column" <> ? order by "customer", "batch_id"',
+        [drift.PREDICTION],
+    )
+    frame["drifted"] = frame["drifted"].astype(str).str.lower().isin(["true", "1"])
+    return frame
+
+
+def batch_summaries(warehouse: Warehouse, customer: str, batch_prefix: str = "") -> pd.DataFrame:
+    """One row per measured batch of the customer (id, start, rows, drift share, drifted columns), by time."""
+    if not warehouse.table_exists(DRIFT_BATCHES_TABLE):
+        return pd.DataFrame(columns=["batch_id", "batch_start", "rows", "drift_share", "drifted_columns"])
+    return warehouse.query(
+        f"select batch_id, batch_start, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
+        "where customer = ? and batch_id like ? order by batch_start",
+        [customer, batch_prefix + "%"],
+    )
+
+
 def batch_start(warehouse: Warehouse, spec: CustomerSpec, batch_id: str):
     """The earliest timestamp of a batch: batches are ordered by the time their rows describe."""
     frame = warehouse.query(

@@ -81,6 +81,15 @@ class PreparedHistory:
         return int(self.history[self.spec.label_column].notna().sum())
 
 
+@dataclass
+class Registration:
+    """An onboarding request written down: the prepared history, when, and the earlier landing table kept."""
+
+    prepared: PreparedHistory
+    requested_at: datetime
+    archived_table: str | None
+
+
 def landing_table_for(customer: str) -> str:
     return "landing_" + customer.replace("-", "_")
 

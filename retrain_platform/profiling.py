@@ -604,3 +604,18 @@ def _balance_table(balance: pd.DataFrame) -> str:
             shown[name] = shown[name].map(lambda count: f"{count:,}")
     shown.columns = [_escaped(name) for name in shown.columns]
     return shown.to_markdown(index=False, disable_numparse=True)
+
+
+PROFILES_TABLE = "data_profiles"
+
+
+def stored_warnings(warehouse, customer: str) -> list[str]:
+    """The warnings of the customer's stored profile (empty when it has none yet)."""
+    import json
+
+    from retrain_platform.warehouse import quote
+
+    if not warehouse.table_exists(PROFILES_TABLE):
+        return []
+    rows = warehouse.query(f"select profile_json from {quote(PROFILES_TABLE)} where customer = ?", [customer])
+    return json.loads(rows.iloc[0, 0]).get("warnings", []) if len(rows) else []

@@ -28,7 +28,7 @@ from retrain_platform.alerts import (
     RUN_FAILURE,
     Alert,
 )
-from retrain_platform.defs.monitoring import monitor_batch
+from retrain_platform.defs.monitoring import monitor_batch, remeasure_batch
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
@@ -478,7 +478,7 @@ def deployment_alerts_sensor(
 
 @dg.run_failure_sensor(
     name=RUN_FAILURE_SENSOR,
-    monitored_jobs=[train_customer, monitor_batch, approve_model, rollback_model],
+    monitored_jobs=[train_customer, monitor_batch, remeasure_batch, approve_model, rollback_model],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def run_failure_alerts(
@@ -627,9 +627,11 @@ def tick_in_process(
     cursor: str | None = None,
     resources: dict | None = None,
     run_config: dict | None = None,
+    job_run_config: dict[str, dict] | None = None,
 ) -> SensorTick:
     """Evaluate one sensor the way the daemon does and execute each run it requests as a real run on
-    `instance`, with the request's partition, tags, run key and config (`run_config` is merged on top).
+    `instance`, with the request's partition, tags, run key and config (`run_config` is merged on top of
+    every request's, `job_run_config[job name]` on top of that job's).
 
     For the demo, tests and replays at simulated times (pass a frozen `clock` in `resources`); under
     `dagster dev` the daemon ticks the sensors and the queue launches the runs."""
@@ -648,8 +650,10 @@ def tick_in_process(
         tags = {**request.tags, "dagster/sensor_name": sensor_name}
         if request.run_key:
             tags["dagster/run_key"] = request.run_key
+        config = _deep_merge(dict(request.run_config or {}), run_config or {})
+        config = _deep_merge(config, (job_run_config or {}).get(job.name, {}))
         outcome = job.execute_in_process(
-            run_config=_deep_merge(dict(request.run_config or {}), run_config or {}),
+            run_config=config,
             instance=instance,
             partition_key=request.partition_key,
             tags=tags,

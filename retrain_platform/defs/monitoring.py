@@ -414,3 +414,10 @@ monitor_batch = dg.define_asset_job(
     partitions_def=batches,
     description="Check, score and measure one ingested batch.",
 )
+
+remeasure_batch = dg.define_asset_job(
+    "remeasure_batch",
+    selection=dg.AssetSelection.assets(drift_report),
+    partitions_def=batches,
+    description="Measure a scored batch again, after its late labels arrived: its realized metrics and drift report.",
+)

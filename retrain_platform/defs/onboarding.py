@@ -39,7 +39,7 @@ ONBOARDING_TAG = "retrain/onboarding"
 STAGE_TAG = "retrain/onboarding_stage"
 TRAINING_STAGE = "training"
 HISTORY_STAGE = "history"
-PROFILES_TABLE = "data_profiles"
+PROFILES_TABLE = profiling.PROFILES_TABLE
 TRAINING_GROUP = "training"
 MONITORING_GROUP = "monitoring"
 
