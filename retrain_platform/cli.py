@@ -39,11 +39,11 @@ def _fresh_home(home: Home) -> None:
     (root / HOME_MARKER).write_text("made by retrain-platform demo\n")
 
 
-def _runner():
+def _runner(keep_warehouse_open: bool = False):
     """The code location and instance of the home the command was pointed at (after `_home`)."""
     from retrain_platform.runner import Runner
 
-    return Runner.open()
+    return Runner.open(keep_warehouse_open=keep_warehouse_open)
 
 
 def _failed(error) -> CommandError:
@@ -57,7 +57,7 @@ def cmd_demo(args) -> int:
     from retrain_platform import demo
     from retrain_platform.status import customer_status, format_table
 
-    with _runner() as runner:
+    with _runner(keep_warehouse_open=True) as runner:
         setups = demo.load_customers(runner, seed=args.seed)
         for setup in setups:
             print(
@@ -76,6 +76,9 @@ def cmd_demo(args) -> int:
             )
             for customer in week.waiting if week.number == 1 else []:
                 print(f"{customer}: no champion yet, its batches wait; approve it with: retrain-platform approve {customer}")
+            for outcome in week.batches:
+                for line in _batch_lines(outcome):
+                    print(line)
             for line in _firing_lines(week.firings):
                 print(line)
         print()
@@ -105,10 +108,10 @@ def _firing_lines(firings) -> list[str]:
     return lines
 
 
-def _batch_lines(spec, outcome) -> list[str]:
+def _batch_lines(outcome) -> list[str]:
     summary = outcome.summary
     lines = [
-        f"{spec.customer}: batch {summary.batch_id}: {summary.new_rows:,} new rows, {summary.labels_merged:,} labels merged"
+        f"{summary.customer}: batch {summary.batch_id}: {summary.new_rows:,} new rows, {summary.labels_merged:,} labels merged"
         + (f" (ignored columns: {', '.join(summary.ignored_columns)})" if summary.ignored_columns else "")
     ]
     lines += [f"  monitored {run.partition}: run {run.run_id[:8]} succeeded" for run in outcome.monitored]
@@ -168,7 +171,7 @@ def cmd_ingest(args) -> int:
             outcome = runner.ingest_and_monitor(spec, frame, batch_id=args.batch, monitor=not args.no_monitor)
         except RunFailed as error:
             raise _failed(error) from None
-    for line in _batch_lines(spec, outcome):
+    for line in _batch_lines(outcome):
         print(line)
     return 0
 
@@ -430,7 +433,7 @@ def cmd_replay(args) -> int:
         frame, name = read_source(args.source), Path(args.source).stem
         label, timestamp, id_column = args.label, args.timestamp, args.id
         batch, initial, overrides = args.batch or "auto", args.initial, None
-    policies = _names([args.policies]) or list(replay.POLICIES)
+    policies = replay.check_policies(_names([args.policies]) or [])
     if args.every < 1:
         raise CommandError(f"--every: {args.every} must be at least 1")
     plan = replay.plan_replay(

@@ -18,7 +18,7 @@ from retrain_platform.defs.automation import (
 from retrain_platform.defs.resources import Clock
 from retrain_platform.demo_data import HISTORY_END, DemoCustomer, batch_window, demo_customers
 from retrain_platform.replay import ReplayBatch, arrive
-from retrain_platform.runner import Firing, RunOutcome, Runner
+from retrain_platform.runner import BatchOutcome, Firing, RunOutcome, Runner
 from retrain_platform.spec import CustomerSpec, complete_spec, parse_spec
 
 DEMO_TRIGGER = "demo"
@@ -41,6 +41,7 @@ class DemoWeek:
     ends: pd.Timestamp
     arrived: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    batches: list[BatchOutcome] = field(default_factory=list)
     firings: list[Firing] = field(default_factory=list)
 
 
@@ -77,5 +78,6 @@ def replay_weeks(runner: Runner, setups: list[DemoCustomerSetup], weeks: int) ->
             batch = ReplayBatch(f"week-{index + 1}", start, end, setup.customer.batches[index])
             arrivals.append((setup.spec, batch))
             week.arrived.append(setup.spec.customer)
-        week.firings = arrive(runner, arrivals, DEMO_SENSORS, cursors, Clock(frozen_at=end.isoformat()))
+        step = arrive(runner, arrivals, DEMO_SENSORS, cursors, Clock(frozen_at=end.isoformat()))
+        week.batches, week.firings = step.batches, step.firings
         yield week

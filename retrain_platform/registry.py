@@ -16,6 +16,11 @@ CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
 
 
+# Loaded pipelines by (registry, model, version), oldest first.
+_LOADED_VERSIONS: dict[tuple[str, str, str], Any] = {}
+MAX_LOADED_VERSIONS = 8
+
+
 class RegistryError(RuntimeError):
     pass
 
@@ -137,12 +142,21 @@ class ModelRegistry:
         return sorted((str(v.version) for v in found), key=int)
 
     def load(self, model_name: str, reference: str) -> Any:
-        """Load a version (`"3"`) or an alias (`"champion"`) as the sklearn pipeline it was logged as."""
+        """Load a version (`"3"`) or an alias (`"champion"`) as the sklearn pipeline it was logged as.
+
+        A version never changes once registered, so a process that runs many batches in a row (a range run,
+        a replay) keeps the last few it loaded; an alias is resolved each time, since it moves."""
         import mlflow.sklearn
 
         self._activate()
-        separator = "/" if reference.isdigit() else "@"
-        return mlflow.sklearn.load_model(f"models:/{model_name}{separator}{reference}")
+        if str(reference).isdigit():
+            key = (self.registry_uri, model_name, str(reference))
+            if key not in _LOADED_VERSIONS:
+                _LOADED_VERSIONS[key] = mlflow.sklearn.load_model(f"models:/{model_name}/{reference}")
+                while len(_LOADED_VERSIONS) > MAX_LOADED_VERSIONS:
+                    _LOADED_VERSIONS.pop(next(iter(_LOADED_VERSIONS)))
+            return _LOADED_VERSIONS[key]
+        return mlflow.sklearn.load_model(f"models:/{model_name}@{reference}")
 
     def promote(self, model_name: str, version: str) -> str | None:
         """Make `version` the champion; the one it replaces becomes `previous-champion`."""

@@ -40,6 +40,7 @@ MAX_AUTO_BATCHES = 36
 DEFAULT_INITIAL_SHARE = 0.3
 JSON_KEYS = ("policy", "metric", "mean_metric", "min_metric", "retrains", "promotions", "metric_by_batch", "compute_s")
 HOME_MARKER = ".retrain-replay"
+LOG_NAME = "replay.log"
 TRAINING_ACTIONS = ("promote", "hold", "reject", "await_approval", "alert")
 
 _UNITS = {"d": "day", "w": "week", "m": "month", "q": "quarter", "y": "year"}
@@ -315,18 +316,29 @@ def retrains_after(policy: str, batch_number: int, total: int, every: int) -> bo
     return policy == ALWAYS or (policy == SCHEDULED and batch_number % every == 0)
 
 
-def arrive(runner, arrivals: list, sensors: tuple[str, ...], cursors: dict, clock, search: dict | None = None) -> list:
+@dataclass
+class Step:
+    """What one step of time did: each file ingested (`runner.BatchOutcome`) and each sensor firing."""
+
+    batches: list = field(default_factory=list)
+    firings: list = field(default_factory=list)
+
+
+def arrive(runner, arrivals: list, sensors: tuple[str, ...], cursors: dict, clock, search: dict | None = None) -> Step:
     """One step of time: each (spec, batch) lands without labels and is checked, scored and measured; the
     sensors tick and what they request runs; the labels arrive and their batches are measured again; the
-    sensors tick once more. Returns the sensors' firings (`runner.Firing`)."""
+    sensors tick once more."""
+    step = Step()
     for spec, batch in arrivals:
-        runner.ingest_and_monitor(spec, batch.frame.drop(columns=[spec.label_column]), batch.batch_id, clock=clock)
-    firings = runner.tick(sensors, cursors, clock, search=search)
+        unlabelled = batch.frame.drop(columns=[spec.label_column])
+        step.batches.append(runner.ingest_and_monitor(spec, unlabelled, batch.batch_id, clock=clock))
+    step.firings += runner.tick(sensors, cursors, clock, search=search)
     for spec, batch in arrivals:
         labels = batch.frame.loc[batch.frame[spec.label_column].notna(), [spec.id_column, spec.label_column]]
         if len(labels):
-            runner.ingest_and_monitor(spec, labels, f"{batch.batch_id}-labels", clock=clock)
-    return firings + runner.tick(sensors, cursors, clock, search=search)
+            step.batches.append(runner.ingest_and_monitor(spec, labels, f"{batch.batch_id}-labels", clock=clock))
+    step.firings += runner.tick(sensors, cursors, clock, search=search)
+    return step
 
 
 def replay_policy(
@@ -337,6 +349,7 @@ def replay_policy(
     from retrain_platform import ledger, monitoring
     from retrain_platform.defs.resources import Clock
     from retrain_platform.runner import Runner, RunFailed
+    from retrain_platform.settings import Home
 
     spec = plan.spec
     started = time.perf_counter()
@@ -347,15 +360,18 @@ def replay_policy(
     def clock_at(moment: pd.Timestamp) -> Clock:
         return Clock(frozen_at=pd.Timestamp(moment).isoformat())
 
-    with Runner.open() as runner:
+    with Runner.open(keep_warehouse_open=True, charts=False) as runner:
+        bound = getattr(runner.defs.resources["warehouse"], "database", None)
+        if bound is not None and Path(bound) != Home(home_root).warehouse_path:
+            raise ReplayError(f"this process's code location writes to {bound}, not to the policy's home {home_root}")
         runner.add_customer(spec, plan.initial)
         first = runner.train(spec.customer, trigger=FIRST_TRAINING, clock=clock_at(plan.initial_end), search=options.search)
         if not first.success:
             raise RunFailed(f"the first training failed (run {first.run_id}): {first.failure}")
         for number, batch in enumerate(plan.batches, start=1):
             clock = clock_at(batch.arrives_at)
-            firings = arrive(runner, [(spec, batch)], sensors, cursors, clock, search=options.search)
-            compute = sum(firing.run.seconds for firing in firings)
+            step = arrive(runner, [(spec, batch)], sensors, cursors, clock, search=options.search)
+            compute = sum(firing.run.seconds for firing in step.firings)
             if retrains_after(policy, number, total, options.every):
                 outcome = runner.train(spec.customer, trigger=f"{REPLAY_TRIGGER}: {policy}", clock=clock, search=options.search)
                 compute += outcome.seconds
@@ -408,8 +424,7 @@ def run_policy_process(plan: ReplayPlan, policy: str, home_root: str, options: P
 
     home = Home(Path(home_root)).ensure()
     home.export_environment()
-    # Policies share the machine's cores: each search works in its own process, not in a pool of its own.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _log_to(Path(home_root) / LOG_NAME)
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -423,6 +438,21 @@ def run_policy_process(plan: ReplayPlan, policy: str, home_root: str, options: P
         return PolicyResult(policy=policy, metric=plan.metric, metric_by_batch=[], home=home_root, error=message)
 
 
+def check_policies(policies: list[str]) -> list[str]:
+    unknown = [policy for policy in policies if policy not in POLICIES]
+    if unknown or not policies:
+        raise ReplayError(f"--policies: {', '.join(unknown) or 'none given'} is not one of {', '.join(POLICIES)}")
+    return policies
+
+
+def _log_to(path: Path) -> None:
+    """What the libraries print in a policy's process goes to its home's log, not over the progress lines."""
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for stream in (1, 2):
+        os.dup2(log, stream)
+    os.close(log)
+
+
 def replay(
     plan: ReplayPlan,
     policies: list[str],
@@ -432,17 +462,22 @@ def replay(
     on_progress: Callable[[str, int, int, float], None] | None = None,
 ) -> list[PolicyResult]:
     """Run each policy in its own process and home under `out_dir/homes`, at most `workers` at once."""
-    unknown = [policy for policy in policies if policy not in POLICIES]
-    if unknown:
-        raise ReplayError(f"--policies: {', '.join(unknown)} is not one of {', '.join(POLICIES)}")
+    check_policies(policies)
     homes = out_dir / "homes"
     for policy in policies:
         _fresh_dir(homes / policy)
     workers = max(1, min(workers or os.cpu_count() or 1, len(policies)))
+    if workers > 1:
+        # The policies already keep the cores busy: a search pool per policy would only fight over them.
+        options = PolicyOptions(every=options.every, search={"search_jobs": 1, **(options.search or {})})
     context = multiprocessing.get_context("spawn")
     progress_queue = context.Queue()
     results: dict[str, PolicyResult] = {}
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,)) as pool:
+    # One process per policy, never reused: the code location binds to the home it was imported with.
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,), max_tasks_per_child=1
+    )
+    with pool:
         futures = {
             pool.submit(run_policy_process, plan, policy, str(homes / policy), options): policy for policy in policies
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from retrain_platform.defs.onboarding import (
     stage_backfills,
 )
 from retrain_platform.defs.partitions import batches, customers
-from retrain_platform.defs.resources import Clock
+from retrain_platform.defs.resources import Clock, DuckDBWarehouse, duckdb_kept_open
 from retrain_platform.ingest import (
     BATCH_COLUMN,
     HISTORY_BATCH,
@@ -114,20 +114,29 @@ def _outcome(result: dg.ExecuteInProcessResult, partition: str | None, started: 
 class Runner:
     """Runs the platform's jobs and sensors in this process, on one Dagster instance and one code location."""
 
-    def __init__(self, definitions: dg.Definitions, instance: dg.DagsterInstance):
+    def __init__(self, definitions: dg.Definitions, instance: dg.DagsterInstance, charts: bool = True):
         self.defs = definitions
         self.instance = instance
+        # Without charts, a drift report skips drawing its UI chart: a replay measures hundreds of batches.
+        self.monitor_config = None if charts else {"ops": {"drift_report": {"config": {"chart": False}}}}
         self.warehouse: Warehouse = definitions.resources["warehouse"].get_warehouse()
         self.registry: ModelRegistry = definitions.resources["registry"].get_registry()
 
     @classmethod
     @contextmanager
-    def open(cls) -> Iterator[Runner]:
-        """The code location and instance of the home in `RETRAIN_HOME` / `DAGSTER_HOME`."""
+    def open(cls, keep_warehouse_open: bool = False, charts: bool = True) -> Iterator[Runner]:
+        """The code location and instance of the home in `RETRAIN_HOME` / `DAGSTER_HOME`.
+
+        `keep_warehouse_open` holds a local DuckDB file open for the whole block, for work that runs many
+        jobs in a row in this process; no other process can use the file meanwhile."""
         from retrain_platform.definitions import defs
 
-        with dg.DagsterInstance.get() as instance:
-            yield cls(defs, instance)
+        with ExitStack() as stack:
+            database = getattr(defs.resources["warehouse"], "database", None)
+            if keep_warehouse_open and isinstance(defs.resources["warehouse"], DuckDBWarehouse):
+                stack.enter_context(duckdb_kept_open(database))
+            instance = stack.enter_context(dg.DagsterInstance.get())
+            yield cls(defs, instance, charts=charts)
 
     def now(self, clock: Clock | None = None):
         return (clock or self.defs.resources["clock"]).now()
@@ -194,12 +203,12 @@ class Runner:
         if not monitor:
             return outcome
         for key in new_keys:
-            run = self.run_job(MONITOR_JOB, key, clock=clock, tags={CUSTOMER_TAG: spec.customer})
+            run = self.run_job(MONITOR_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
             outcome.monitored.append(run)
             if not run.success:
                 raise RunFailed(f"monitoring failed for batch {key} (run {run.run_id}): {run.failure}; the batch is kept")
         for key in relabelled:
-            run = self.run_job(REMEASURE_JOB, key, clock=clock, tags={CUSTOMER_TAG: spec.customer})
+            run = self.run_job(REMEASURE_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
             outcome.remeasured.append(run)
         return outcome
 

@@ -85,15 +85,19 @@ def trained_home(open_platform, tmp_path_factory):
         yield platform
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["status"], ["train"]], ids=["main", "demo", "status", "train"])
+@pytest.mark.parametrize(
+    "command", [[], ["demo"], ["status"], ["train"], ["replay"]], ids=["main", "demo", "status", "train", "replay"]
+)
 def test_help_works_on_every_command(command, tmp_path):
     completed = cli(*command, "--help", home=tmp_path / "unused", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith(f"usage: retrain-platform {' '.join(command)}".rstrip())
-    if command:
+    if command == ["replay"]:
+        assert "--out" in completed.stdout  # each policy gets a home of its own under --out
+    elif command:
         assert "--home" in completed.stdout
     else:
-        assert all(name in completed.stdout for name in ("demo", "status", "train"))
+        assert all(name in completed.stdout for name in ("demo", "status", "train", "replay"))
     assert not (tmp_path / "unused").exists()
 
 

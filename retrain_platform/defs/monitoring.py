@@ -39,6 +39,12 @@ class BatchConfig(dg.Config):
     chunk_rows: int = 250_000
 
 
+class DriftReportConfig(BatchConfig):
+    """`chart`: draw the per-batch chart shown in the UI (a replay of many batches goes without)."""
+
+    chart: bool = True
+
+
 @dg.asset(partitions_def=customers, group_name="training", kinds={"mlflow"}, retry_policy=WAREHOUSE_RETRY)
 def drift_baseline(
     registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
@@ -251,7 +257,7 @@ def batch_predictions(
 )
 def drift_report(
     context: dg.AssetExecutionContext,
-    config: BatchConfig,
+    config: DriftReportConfig,
     warehouse: dg.ResourceParam[WarehouseProvider],
     registry: MlflowRegistry,
     clock: Clock,
@@ -262,7 +268,7 @@ def drift_report(
     db = warehouse.get_warehouse()
     models_registry = registry.get_registry()
     if len(context.partition_keys) == 1:
-        return _measure(db, models_registry, clock, config, context.partition_key).metadata
+        return _measure(db, models_registry, clock, config, context.partition_key, chart=config.chart).metadata
     described, loaded = [], {}
     for key in context.partition_keys:
         # One materialization's metadata stands for every batch of the run: no per-batch chart to draw.

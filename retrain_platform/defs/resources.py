@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
@@ -21,12 +23,40 @@ from retrain_platform.registry import ModelRegistry
 from retrain_platform.warehouse import Warehouse
 
 
+# DuckDB files held open by this process (see `duckdb_kept_open`), by path.
+_KEPT_OPEN: dict[str, duckdb.DuckDBPyConnection] = {}
+
+
+@contextmanager
+def duckdb_kept_open(database: str) -> Iterator[None]:
+    """Within the block, every `DuckDBWarehouse` on `database` in this process shares one open database.
+
+    For in-process work that runs many jobs in a row (replay, the demo): opening the file costs more than
+    most statements. It locks other processes out of the file meanwhile, so commands that wait on a daemon's
+    runs never use it."""
+    connection = duckdb.connect(database)
+    _KEPT_OPEN[database] = connection
+    try:
+        yield
+    finally:
+        _KEPT_OPEN.pop(database, None)
+        connection.close()
+
+
 class DuckDBWarehouse(DuckDBResource):
     """The embedded warehouse: one DuckDB file, opened for each statement so other processes can share it."""
 
     def get_warehouse(self) -> Warehouse:
         @contextmanager
         def connect():
+            kept = _KEPT_OPEN.get(self.database)
+            if kept is not None:
+                cursor = kept.cursor()
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+                return
             with self.get_connection() as conn:
                 yield conn
 

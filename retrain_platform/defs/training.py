@@ -49,6 +49,7 @@ class TrainingConfig(dg.Config):
     search_iterations: int = 4
     cv_splits: int = 3
     max_search_rows: int = 20_000
+    search_jobs: int = 2
     trigger: str = "manual"
 
 
@@ -230,7 +231,10 @@ def candidate_models(
     spec = features.spec
     models = registry.get_registry()
     settings = SearchSettings(
-        n_iter=config.search_iterations, n_splits=config.cv_splits, max_search_rows=config.max_search_rows
+        n_iter=config.search_iterations,
+        n_splits=config.cv_splits,
+        max_search_rows=config.max_search_rows,
+        n_jobs=config.search_jobs,
     )
     candidates = train_candidates(features, settings)
     best = best_candidate(candidates)
