@@ -257,9 +257,7 @@ def cmd_rollback(args) -> int:
         quiet = logging.getLogger("retrain_platform.cli.alerts")
         quiet.propagate = False  # the command prints its own line; the alert still reaches the table and webhook
         message = f"champion rolled back from version {entry.from_version} to {entry.to_version}: {reason}"
-        runner.defs.resources["alerts"].send(
-            runner.warehouse, alerts.Alert(now, spec.customer, alerts.ROLLBACK, message), log=quiet
-        )
+        runner.alerts.send(runner.warehouse, alerts.Alert(now, spec.customer, alerts.ROLLBACK, message), log=quiet)
     print(
         f"{spec.customer}: champion rolled back {entry.from_version} -> {entry.to_version} "
         f"(version {entry.from_version} is now previous-champion); the ledger records it"

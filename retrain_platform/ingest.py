@@ -149,6 +149,11 @@ def ingest(
     if is_history_batch(batch_id):
         raise IngestError(f"invalid batch id {batch_id!r}: ids starting with 'history' are kept for onboarded history")
     label_only = bool(spec.id_column) and set(frame.columns) <= {spec.id_column, spec.label_column}
+    if not spec.id_column and spec.label_column in frame.columns and spec.timestamp_column not in frame.columns:
+        raise IngestError(
+            f"{spec.customer} has no id column, so late labels cannot find their rows: send labels with the rows, "
+            "or onboard the customer with --id"
+        )
     conformed = conform(frame, spec, require_features=not label_only)
     known = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
     ignored = [column for column in conformed.columns if column not in known]
@@ -172,7 +177,9 @@ def ingest(
         unknown = conformed.loc[~seen, spec.id_column].iloc[0]
         raise IngestError(f"column {spec.id_column!r}: id {unknown!r} has a label but no stored row")
 
-    late_labels = conformed.loc[seen & conformed[spec.label_column].notna(), [spec.id_column, spec.label_column]]
+    late_labels = pd.DataFrame()
+    if spec.id_column:
+        late_labels = conformed.loc[seen & conformed[spec.label_column].notna(), [spec.id_column, spec.label_column]]
     fresh = conformed.loc[~seen].assign(**{BATCH_COLUMN: batch_id})
     affected: list[str] = []
     if len(late_labels):

@@ -532,34 +532,38 @@ def summary_table(results: list[PolicyResult]) -> pd.DataFrame:
 
 
 def draw_chart(results: list[PolicyResult], plan: ReplayPlan, path: Path, title: str) -> Path:
-    """The serving champion's metric per batch for each policy; retrainings marked x, promotions *, and
-    rollbacks v, at the batch after which they happened."""
+    """Above, the serving champion's realized metric per batch for each policy; below, a row per policy with
+    its retrainings (x), promotions (*) and rollbacks (v) at the batch after which they happened."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(11, 4.8), dpi=100)
+    shown = [result for result in results if not result.error]
+    figure, (metric_axis, event_axis) = plt.subplots(
+        2, 1, figsize=(11, 5.5 + 0.25 * len(shown)), dpi=100, sharex=True,
+        gridspec_kw={"height_ratios": [3, 0.4 + 0.3 * len(shown)]},
+    )  # fmt: skip
     positions = np.arange(1, len(plan.batches) + 1)
-    for result in results:
-        if result.error:
-            continue
+    styles = ["-", "--", "-.", ":"]
+    for row, result in enumerate(shown):
         values = np.array([np.nan if v is None else v for v in result.metric_by_batch], dtype=float)
-        (line,) = axis.plot(positions, values, "-", linewidth=1.4, label=f"{result.policy} ({result.retrains} retrains)")
-        marks = {"x": [], "*": [], "v": []}
-        for event in result.events:
-            symbol = "v" if event["action"] == "rollback" else "*" if event["action"] == "promote" else "x"
-            marks[symbol].append(event["batch"])
-        for symbol, at in marks.items():
-            at = [n for n in at if 1 <= n <= len(values) and np.isfinite(values[n - 1])]
+        mean = "-" if result.mean_metric is None else f"{result.mean_metric:.3f}"
+        (line,) = metric_axis.plot(
+            positions, values, styles[row % len(styles)], linewidth=1.5, label=f"{result.policy}: mean {mean}"
+        )
+        for symbol, actions, size in (("x", None, 7), ("*", ("promote",), 12), ("v", ("rollback",), 8)):
+            at = [e["batch"] for e in result.events if (e["action"] in actions if actions else e["action"] in TRAINING_ACTIONS)]
             if at:
-                size = 11 if symbol == "*" else 6
-                axis.plot(at, values[np.array(at) - 1], symbol, color=line.get_color(), markersize=size)
-    axis.set_xlabel(f"batch ({plan.batch_size} each, from {plan.initial_end:%Y-%m-%d})")
-    axis.set_ylabel(f"champion's realized {plan.metric}")
-    axis.set_title(f"{title}: x retraining, * promotion, v rollback", fontsize=10)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="best")
+                event_axis.plot(at, [row] * len(at), symbol, color=line.get_color(), markersize=size)
+    event_axis.set_yticks(range(len(shown)), [f"{r.policy} ({r.retrains})" for r in shown], fontsize=8)
+    event_axis.set_ylim(len(shown) - 0.5, -0.5)
+    event_axis.grid(axis="x", alpha=0.3)
+    event_axis.set_xlabel(f"batch ({plan.batch_size} each, from {plan.initial_end:%Y-%m-%d}); x retraining, * promotion, v rollback")
+    metric_axis.set_ylabel(f"champion's realized {plan.metric}")
+    figure.suptitle(f"replay of {title}: {len(plan.batches)} batches after a first model on {len(plan.initial):,} rows", fontsize=10)
+    metric_axis.grid(alpha=0.3)
+    metric_axis.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(6, max(1, len(shown))), frameon=False)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -119,8 +119,12 @@ class Runner:
         self.instance = instance
         # Without charts, a drift report skips drawing its UI chart: a replay measures hundreds of batches.
         self.monitor_config = None if charts else {"ops": {"drift_report": {"config": {"chart": False}}}}
-        self.warehouse: Warehouse = definitions.resources["warehouse"].get_warehouse()
-        self.registry: ModelRegistry = definitions.resources["registry"].get_registry()
+        # Resolved as a run would resolve them: production settings are `dg.EnvVar`s, which a resource only
+        # reads once Dagster has processed its config.
+        resolved = {key: definitions.resources[key].process_config_and_initialize() for key in ("warehouse", "registry", "alerts")}
+        self.warehouse: Warehouse = resolved["warehouse"].get_warehouse()
+        self.registry: ModelRegistry = resolved["registry"].get_registry()
+        self.alerts = resolved["alerts"]
 
     @classmethod
     @contextmanager

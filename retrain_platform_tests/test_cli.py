@@ -209,3 +209,43 @@ def test_demo_trains_every_demo_customer_and_status_shows_the_champions(tmp_path
             # The champion scored the replayed week's batch.
             monitored = rf"^\s*monitored {re.escape(name)}\.week-1: run \w+ succeeded$"
             assert re.search(monitored, completed.stdout, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(open_platform, tmp_path):
+    """A set webhook used to crash `rollback` after the move (an unresolved EnvVar); a re-run then undid it."""
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the standard library's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with open_platform(tmp_path / "platform") as platform:
+            spec = platform.load_customer("swiftcart-delivery")
+            assert platform.train("swiftcart-delivery").success
+            assert platform.train("swiftcart-delivery").success
+            platform.registry.promote(spec.model_name, "2")
+            env_home = platform.home.root
+        completed = subprocess.run(
+            [sys.executable, "-m", "retrain_platform.cli", "rollback", "swiftcart-delivery", "--reason", "bad week"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "RETRAIN_HOME": str(env_home), "MLFLOW_DISABLE_TELEMETRY": "true",
+                 "RETRAIN_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/hook"},
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "champion rolled back 2 -> 1" in completed.stdout
+    assert "Traceback" not in completed.stderr
+    assert len(received) == 1 and received[0]["kind"] == "rollback" and "bad week" in received[0]["message"]

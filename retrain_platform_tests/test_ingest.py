@@ -497,3 +497,27 @@ def test_late_labels_for_integer_ids_read_from_csv(warehouse, demo_data, tmp_pat
     stored = rows_of(warehouse, spec, "week-1").set_index(spec.id_column)[spec.label_column]
     expected = batch.set_index(spec.id_column)[spec.label_column]
     np.testing.assert_allclose(stored.loc[expected.index].to_numpy(), expected.to_numpy())
+
+
+def test_a_customer_without_an_id_column_ingests_batches(warehouse, demo_data):
+    """The id is optional: without one, batches append (labelled or not) and nothing is matched by id."""
+    customer = demo_data[STREAMING]
+    spec = complete_spec(parse_spec({**customer.spec, "id_column": None}), customer.history.drop(columns=["subscriber_id"]))
+    assert spec.id_column is None
+    history = customer.history.drop(columns=["subscriber_id"])
+    warehouse.write(spec.landing_table, history.assign(**{BATCH_COLUMN: HISTORY_BATCH}))
+
+    batch = customer.batches[0].drop(columns=["subscriber_id"])
+    summary = ingest(warehouse, spec, batch, "week-1")
+    assert (summary.new_rows, summary.labels_merged) == (len(batch), 0)
+    stored = warehouse.query(f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = 'week-1'")
+    assert len(stored) == len(batch)
+    assert stored[spec.label_column].notna().sum() == batch[spec.label_column].notna().sum()
+
+    unlabelled = customer.batches[1].drop(columns=["subscriber_id", spec.label_column])
+    assert ingest(warehouse, spec, unlabelled, "week-2").new_rows == len(unlabelled)
+
+    before = warehouse.query(f"select count(*) as n from {quote(spec.landing_table)}")["n"].iloc[0]
+    with pytest.raises(IngestError, match="has no id column, so late labels cannot find their rows"):
+        ingest(warehouse, spec, customer.batches[1][[spec.label_column]], "labels")
+    assert warehouse.query(f"select count(*) as n from {quote(spec.landing_table)}")["n"].iloc[0] == before
