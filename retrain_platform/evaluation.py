@@ -75,6 +75,10 @@ ZERO_BASELINE_MARGIN = 1e-10
 # Bootstrap weights are built in chunks of at most this many cells (rounds x rows), about 40 MB.
 MAX_WEIGHT_CELLS = 5_000_000
 
+# A threshold metric (precision, recall, F1) resting on fewer rows than this is not compared: a champion that
+# predicts three positives has a precision, but not one a challenger can be judged against.
+MIN_SUPPORT_ROWS = 30
+
 # A weighted variance below this fraction of the raw second moment is rounding noise, not spread.
 DEGENERATE_VARIANCE = 1e-10
 
@@ -613,23 +617,95 @@ def _interval_gate(interval: DifferenceInterval) -> Gate:
     return Gate(INTERVAL_GATE, False, f"{bounds} contains 0: the difference is inside the confidence interval")
 
 
+@dataclass(frozen=True)
+class SecondaryEvidence:
+    """What a secondary metric's comparison rests on: its paired interval, or why it is not comparable."""
+
+    metric: str
+    interval: DifferenceInterval | None = None
+    not_comparable: str | None = None
+
+
+def metric_support(task: Task, metric: str, y_true: Any, output: ModelOutput) -> int | None:
+    """How many rows a binary threshold metric rests on (precision: predicted positives; recall: actual
+    positives; F1: the fewer of both); None for metrics that rest on every row."""
+    if task != "binary" or metric not in ("precision", "recall", "f1"):
+        return None
+    positive = output.classes[1]
+    predicted, actual = int(np.sum(output.y_pred == positive)), int(np.sum(np.asarray(y_true) == positive))
+    return {"precision": predicted, "recall": actual, "f1": min(predicted, actual)}[metric]
+
+
+def secondary_evidence(
+    task: Task,
+    primary_metric: str,
+    y_true: Any,
+    champion_output: ModelOutput,
+    challenger_output: ModelOutput,
+    rounds: int,
+    confidence: float,
+    seed: int = 0,
+) -> dict[str, SecondaryEvidence]:
+    """For each secondary metric, the paired bootstrap interval of its difference, or why there is none: a
+    threshold metric that rests on fewer than `MIN_SUPPORT_ROWS` rows for either model is not comparable."""
+    evidence = {}
+    for metric in metrics_for(task):
+        if metric == primary_metric:
+            continue
+        thin = [
+            (role, count)
+            for role, output in (("champion", champion_output), ("challenger", challenger_output))
+            if (count := metric_support(task, metric, y_true, output)) is not None and count < MIN_SUPPORT_ROWS
+        ]
+        if thin:
+            role, count = thin[0]
+            evidence[metric] = SecondaryEvidence(metric, not_comparable=f"the {role}'s rests on {count} rows")
+            continue
+        interval = paired_bootstrap_difference(
+            task, metric, y_true, champion_output, challenger_output, rounds=rounds, confidence=confidence, seed=seed
+        )
+        evidence[metric] = SecondaryEvidence(metric, interval=interval)
+    return evidence
+
+
 def _secondary_gate(
-    task: Task, primary_metric: str, challenger: dict[str, float], champion: dict[str, float], tolerance: float
+    task: Task,
+    primary_metric: str,
+    challenger: dict[str, float],
+    champion: dict[str, float],
+    tolerance: float,
+    evidence: dict[str, SecondaryEvidence] | None = None,
 ) -> Gate:
-    worse, undefined = [], []
+    """Holds when another metric is worse beyond the tolerance: with evidence, only when its whole paired
+    interval lies beyond it (a point estimate that moved on noise holds nothing); without, on the values."""
+    worse, not_comparable = [], []
     others = [metric for metric in metrics_for(task) if metric != primary_metric]
     for metric in others:
         loss = -improvement(metric, challenger.get(metric, math.nan), champion.get(metric, math.nan))
+        found = (evidence or {}).get(metric)
+        if found is not None and found.not_comparable:
+            not_comparable.append(f"{metric} ({found.not_comparable})")
+            continue
         if not math.isfinite(loss):
-            undefined.append(metric)
-        elif loss > tolerance:
-            values = f"{_format(champion[metric])} -> {_format(challenger[metric])}"
+            not_comparable.append(f"{metric} (undefined)")
+            continue
+        values = f"{_format(champion[metric])} -> {_format(challenger[metric])}"
+        if found is not None and found.interval is not None:
+            interval = found.interval
+            if math.isfinite(interval.high) and interval.high < -tolerance:
+                bounds = f"interval [{_format(interval.low, True)}, {_format(interval.high, True)}]"
+                worse.append(f"{metric} by {_format(float(loss))} ({values}; {bounds})")
+        elif found is None and loss > tolerance:
             worse.append(f"{metric} by {_format(float(loss))} ({values})")
-    skipped = f"; not comparable: {', '.join(undefined)}" if undefined else ""
+    skipped = f"; not comparable: {', '.join(not_comparable)}" if not_comparable else ""
     if worse:
         reason = f"worse beyond the tolerance of {_format(tolerance)}: {'; '.join(worse)}{skipped}"
         return Gate(SECONDARY_GATE, False, reason)
-    return Gate(SECONDARY_GATE, True, f"no other metric is worse by more than {_format(tolerance)}{skipped}")
+    if evidence:
+        reason = f"no other metric is worse by more than {_format(tolerance)} across its whole interval{skipped}"
+    else:
+        reason = f"no other metric is worse by more than {_format(tolerance)}{skipped}"
+    return Gate(SECONDARY_GATE, True, reason)
 
 
 def decide(
@@ -639,6 +715,7 @@ def decide(
     champion_metrics: dict[str, float] | None,
     difference_interval: DifferenceInterval | None,
     thresholds: PromotionThresholds,
+    secondary: dict[str, SecondaryEvidence] | None = None,
 ) -> Verdict:
     """PROMOTE, HOLD or REJECT a challenger, with every gate's outcome and reason.
 
@@ -659,7 +736,9 @@ def decide(
             primary_metric, challenger_metrics[primary_metric], champion_metrics[primary_metric], thresholds
         ),
         _interval_gate(difference_interval),
-        _secondary_gate(task, primary_metric, challenger_metrics, champion_metrics, thresholds.secondary_tolerance),
+        _secondary_gate(
+            task, primary_metric, challenger_metrics, champion_metrics, thresholds.secondary_tolerance, secondary
+        ),
     ]
     failed = [gate for gate in gates if not gate.passed]
     if not failed:
@@ -777,7 +856,7 @@ def evaluate(
     """Score the challenger (and the champion, if any) on the holdout and decide on promotion."""
     thresholds = thresholds or PromotionThresholds()
     challenger_metrics = compute_metrics(task, y_true, challenger_output)
-    champion_metrics, difference = None, None
+    champion_metrics, difference, secondary = None, None, None
     if champion_output is not None:
         champion_metrics = compute_metrics(task, y_true, champion_output)
         difference = paired_bootstrap_difference(
@@ -790,7 +869,11 @@ def evaluate(
             confidence=thresholds.confidence,
             seed=seed,
         )
-    verdict = decide(task, primary_metric, challenger_metrics, champion_metrics, difference, thresholds)
+        secondary = secondary_evidence(
+            task, primary_metric, y_true, champion_output, challenger_output,
+            rounds=thresholds.bootstrap_rounds, confidence=thresholds.confidence, seed=seed,
+        )  # fmt: skip
+    verdict = decide(task, primary_metric, challenger_metrics, champion_metrics, difference, thresholds, secondary)
     return EvaluationReport(
         customer=customer,
         task=task,

@@ -587,3 +587,29 @@ def test_a_batch_materialized_on_its_own_is_completed_only_if_its_quality_check_
     # blocking check failed is kept for inspection and never scored.
     assert after.get_requested_partitions(dg.AssetKey("batch_predictions")) == {"corner-market.good"}
     assert after.get_requested_partitions(dg.AssetKey("drift_report")) == {"corner-market.good"}
+
+
+def test_drift_without_new_labels_alerts_and_retrains_once_the_labels_arrive(open_platform, tmp_path):
+    """Retraining on the very rows the champion learnt from cannot fix drift: the sensor waits for labels."""
+    with open_platform(tmp_path) as fresh:
+        spec = fresh.load_customer(CUSTOMER)
+        train(fresh, CUSTOMER, T0)
+        batches = fresh.demo[CUSTOMER].batches
+        for number, batch in enumerate(batches[:2], start=1):
+            unlabelled = tripled(batch, spec).drop(columns=[spec.label_column])
+            monitor(fresh, spec, unlabelled, f"b{number}", T0 + timedelta(hours=number))
+
+        waiting = tick(fresh, drift_sensor, T0 + timedelta(hours=25))
+        assert waiting.run_requests == []
+        assert "waiting for labels (0/100)" in waiting.skip_reason.skip_message
+        said = alerts_of(fresh, CUSTOMER, alerts.DRIFT)["message"].tolist()
+        assert len(said) == 1
+        assert "no new labels yet: 0 labelled rows since the last training, a retraining needs 100" in said[0]
+        again = tick(fresh, drift_sensor, T0 + timedelta(hours=26), waiting.cursor)
+        assert again.run_requests == [] and len(alerts_of(fresh, CUSTOMER, alerts.DRIFT)) == 1  # alerted once
+
+        labels = pd.concat([batch[[spec.id_column, spec.label_column]] for batch in batches[:2]])
+        assert ingest(fresh.warehouse, spec, labels, "labels").labels_merged == len(labels)
+        launched = tick(fresh, drift_sensor, T0 + timedelta(hours=27), again.cursor)
+        assert [request.partition_key for request in launched.run_requests] == [CUSTOMER]
+        assert "retraining requested" in alerts_of(fresh, CUSTOMER, alerts.DRIFT)["message"].iloc[-1]

@@ -7,6 +7,8 @@ import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
 from retrain_platform.evaluation import (
+    MIN_SUPPORT_ROWS,
+    secondary_evidence,
     FLOOR_GATE,
     GREATER_IS_BETTER,
     IMPROVEMENT_GATE,
@@ -299,6 +301,40 @@ def test_better_primary_but_regressed_secondary_metric_is_held_and_named():
     assert not secondary.passed
     assert "recall" in secondary.reason and "log_loss" in secondary.reason
     assert "roc_auc" not in secondary.reason
+
+
+def test_a_precision_resting_on_a_handful_of_predicted_positives_is_not_comparable_and_promotes():
+    """The corner-market case: at the 0.5 cut-off the champion predicted almost no positives, so its
+    precision (1.0 on a few rows) "fell" against a clearly better challenger; that is no evidence."""
+    y, rng = binary_holdout(1400, seed=3)
+    champion = binary_model(y, 0.9, rng, shift=-2.2)
+    challenger = binary_model(y, 1.6, rng)
+    predicted = int(np.sum(champion.y_pred == 1))
+    assert 0 < predicted < MIN_SUPPORT_ROWS
+    champion_precision = compute_metrics("binary", y, champion)["precision"]
+    assert champion_precision > compute_metrics("binary", y, challenger)["precision"] + 0.02
+
+    report = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds(floor=0.6))
+    assert report.decision == "PROMOTE", report.to_markdown()
+    secondary = gate(report, SECONDARY_GATE)
+    assert secondary.passed
+    assert f"precision (the champion's rests on {predicted} rows)" in secondary.reason
+    assert "not comparable" in secondary.reason
+
+
+def test_a_secondary_metric_worse_on_a_point_but_not_beyond_its_interval_holds_nothing():
+    y, rng = binary_holdout(300, seed=8)
+    champion = binary_model(y, 1.0, rng)
+    challenger = binary_model(y, 1.6, rng, shift=-0.7)
+    values = {name: compute_metrics("binary", y, model) for name, model in (("old", champion), ("new", challenger))}
+    assert values["old"]["recall"] - values["new"]["recall"] > 0.02  # the point estimate moved beyond tolerance
+
+    report = evaluate("binary", "roc_auc", y, challenger, champion)
+    secondary = gate(report, SECONDARY_GATE)
+    evidence = secondary_evidence("binary", "roc_auc", y, champion, challenger, rounds=500, confidence=0.95)
+    assert evidence["recall"].interval.high > -0.02  # but its interval does not lie beyond it
+    assert secondary.passed, secondary.reason
+    assert report.decision == "PROMOTE"
 
 
 def test_gain_smaller_than_min_absolute_change_is_held():

@@ -50,6 +50,8 @@ WEEKLY_RETRAINING = "weekly_retraining"
 MONITORING_AUTOMATION = "monitoring_automation"
 
 EVIDENCE_TAG = "retrain/evidence"
+# Marks, in a sensor's cursor, evidence that was alerted on while it waited for new labels.
+WAITING_FOR_LABELS = "|waiting-for-labels"
 TRAINING_OPS_WITH_TRIGGER = ("candidate_models", "deployed_model")
 MAX_TAG_LENGTH = 1000
 
@@ -120,9 +122,14 @@ def react_to_triggers(
     alert_channel: AlertChannel,
     now: datetime,
     alert_kind: str | None,
+    needs_new_labels: bool = False,
 ) -> dg.SensorResult:
     """What every retraining sensor does with the triggers it found: request a run unless the customer is
-    in alert mode, a training is in flight, or the cooldown holds; and alert once per piece of evidence."""
+    in alert mode, a training is in flight, or the cooldown holds; and alert once per piece of evidence.
+
+    With `needs_new_labels` (drift, performance), a training that would see fewer than the customer's
+    `automation.min_labelled_rows` new labelled rows is not launched: it would learn from the same data. The
+    evidence stays open and launches a training once enough labels have arrived."""
     cursor = TriggerCursor.parse(context.cursor)
     requests, notes = [], []
     for spec, trigger in found:
@@ -130,8 +137,19 @@ def react_to_triggers(
         if spec.mode != "alert" and cursor.launched.get(customer) == key:
             continue
         cooldown_ends = triggers.cooldown_ends(triggers.last_training(db, customer), spec.automation.cooldown_hours)
+        needed = spec.automation.min_labelled_rows
+        fresh = triggers.new_labelled_rows(db, spec, snapshot_table(customer)) if needs_new_labels else None
         if spec.mode == "alert":
             outcome = "alert mode: no retraining, a person decides"
+        elif fresh is not None and fresh < needed:
+            outcome = f"no new labels yet: {fresh} labelled rows since the last training, a retraining needs {needed}"
+            notes.append(f"{customer}: waiting for labels ({fresh}/{needed})")
+            waiting_key = f"{key}{WAITING_FOR_LABELS}"
+            if cursor.alerted.get(customer) not in (key, waiting_key):
+                message = f"{trigger.reason}; {outcome}"
+                alert_channel.send(db, Alert(now, customer, alert_kind or trigger.kind, message), log=context.log)
+                cursor.alerted[customer] = waiting_key
+            continue
         elif training_in_flight(context.instance, customer):
             outcome = "retraining deferred: a training run is already queued or running"
             notes.append(f"{customer}: training in flight")
@@ -200,7 +218,9 @@ def drift_sensor(
         return triggers.drift_trigger(spec.customer, recent, consecutive, share)
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
-    return react_to_triggers(context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=DRIFT)
+    return react_to_triggers(
+        context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=DRIFT, needs_new_labels=True
+    )
 
 
 @dg.sensor(
@@ -233,7 +253,9 @@ def performance_sensor(
         )
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
-    return react_to_triggers(context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=PERFORMANCE)
+    return react_to_triggers(
+        context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=PERFORMANCE, needs_new_labels=True
+    )
 
 
 @dg.sensor(
