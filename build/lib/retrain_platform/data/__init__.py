@@ -1,0 +1,1 @@
+"""Datasets shipped with the package; see README.md here for their sources and licences."""

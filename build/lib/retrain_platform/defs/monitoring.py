@@ -1,0 +1,429 @@
+"""Watching: the drift baseline captured at training time, and each inference batch scored and measured."""
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from retrain_platform import customers as customer_store
+from retrain_platform import drift, monitoring, quality
+from retrain_platform.defs.partitions import batches, customers
+from retrain_platform.defs.resources import Clock, MlflowRegistry
+from retrain_platform.defs.training import (
+    WAREHOUSE_RETRY,
+    TrainedModels,
+    WarehouseProvider,
+    blocking_check_result,
+    utc_now,
+)
+from retrain_platform.ingest import batch_partition_key, split_batch_partition_key
+from retrain_platform.modelling import FeatureSet
+from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
+from retrain_platform.spec import CustomerSpec
+
+BASELINE_ARTIFACT = "drift_baseline.json"
+INFERENCE_BATCH_QUALITY = "inference_batch_quality"
+
+# A batch materialized on its own (from the UI, a backfill) is scored and measured by the automation sensor,
+# unless its blocking quality check failed: Dagster's declarative automation does not look at checks itself.
+FOLLOWS_ITS_BATCH = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+class BatchConfig(dg.Config):
+    """Rows per chunk: bounds memory whatever the batch size."""
+
+    chunk_rows: int = 250_000
+
+
+class DriftReportConfig(BatchConfig):
+    """`chart`: draw the per-batch chart shown in the UI (a replay of many batches goes without)."""
+
+    chart: bool = True
+
+
+@dg.asset(partitions_def=customers, group_name="training", kinds={"mlflow"}, retry_policy=WAREHOUSE_RETRY)
+def drift_baseline(
+    registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
+) -> dg.MaterializeResult:
+    """The reference distribution of every feature, of the challenger's predictions and of the label on the
+    training rows, kept as a few kilobytes of JSON with the model version, so measuring drift on a batch
+    never needs the training data again."""
+    spec = features.spec
+    predictions, prediction_kind = monitoring.baseline_predictions(candidate_models.pipeline, features.X_train, spec.task)
+    baseline = drift.build_baseline(
+        features.X_train,
+        spec.kinds,
+        predictions=predictions,
+        prediction_kind=prediction_kind,
+        labels=features.y_train if spec.task == "regression" else features.y_train.astype(str),
+        label_kind="numeric" if spec.task == "regression" else "categorical",
+        thresholds=spec.drift_thresholds or None,
+    )
+    payload = baseline.to_dict()
+    registry.get_registry().log_dict(candidate_models.challenger_run_id, payload, BASELINE_ARTIFACT)
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": candidate_models.challenger_version,
+            "reference_rows": dg.MetadataValue.int(baseline.n_rows),
+            "size_kb": dg.MetadataValue.float(round(len(baseline.to_json()) / 1024, 1)),
+            "features": dg.MetadataValue.int(len(baseline.features)),
+        }
+    )
+
+
+def _load_models(models: ModelRegistry, spec: CustomerSpec) -> dict[str, tuple[str, Any]]:
+    loaded = {}
+    champion = models.alias_version(spec.model_name, CHAMPION)
+    challenger = models.alias_version(spec.model_name, CHALLENGER)
+    if champion is not None:
+        loaded[monitoring.CHAMPION_ROLE] = (champion, models.load(spec.model_name, champion))
+    if challenger is not None and challenger != champion:
+        loaded[monitoring.CHALLENGER_ROLE] = (challenger, models.load(spec.model_name, challenger))
+    # Scored in shadow so the automatic rollback can compare both champions on the same labelled rows.
+    previous = models.alias_version(spec.model_name, PREVIOUS_CHAMPION)
+    if previous is not None and previous not in (champion, challenger):
+        loaded[monitoring.PREVIOUS_CHAMPION_ROLE] = (previous, models.load(spec.model_name, previous))
+    return loaded
+
+
+# A backfill over many batches (an onboarded customer's history) runs once for all of them, not once per
+# batch: each asset below loops over the run's partition keys.
+ONE_RUN_PER_BACKFILL = dg.BackfillPolicy.single_run()
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="monitoring",
+    kinds={"pandas"},
+    retry_policy=WAREHOUSE_RETRY,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
+def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]) -> dg.MaterializeResult:
+    """One ingested batch of a customer's rows, as landed; labels may arrive for it later."""
+    db = warehouse.get_warehouse()
+    described = []
+    for key in context.partition_keys:
+        customer, batch_id = split_batch_partition_key(key)
+        spec = customer_store.load_spec(db, customer)
+        counts = db.query(
+            f'select count(*) as "n", count("{spec.label_column}") as "labelled", min("{spec.timestamp_column}") as "first", '
+            f'max("{spec.timestamp_column}") as "last" from "{spec.landing_table}" where "batch_id" = ?',
+            [batch_id],
+        ).iloc[0]
+        if int(counts["n"]) == 0:
+            raise dg.Failure(f"batch {batch_id!r} of {customer!r} has no rows in {spec.landing_table}", allow_retries=False)
+        described.append(
+            {
+                "batch": key,
+                "rows": int(counts["n"]),
+                "labelled_rows": int(counts["labelled"]),
+                "time_range": f"{counts['first']} .. {counts['last']}",
+            }
+        )
+    if len(described) == 1:
+        only = described[0]
+        return dg.MaterializeResult(
+            metadata={
+                "customer": split_batch_partition_key(only["batch"])[0],
+                "rows": dg.MetadataValue.int(only["rows"]),
+                "labelled_rows": dg.MetadataValue.int(only["labelled_rows"]),
+                "time_range": only["time_range"],
+            }
+        )
+    return dg.MaterializeResult(metadata=_range_metadata(described))
+
+
+def _range_metadata(described: list[dict]) -> dict[str, Any]:
+    """A run over several batches records one materialization per batch with the same metadata (Dagster
+    has no per-partition metadata in a single-run backfill): a table with a row per batch."""
+    frame = pd.DataFrame(described)
+    metadata: dict[str, Any] = {
+        "batches": dg.MetadataValue.int(len(frame)),
+        "per_batch": dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=".4g")),
+    }
+    if "rows" in frame:
+        metadata["rows"] = dg.MetadataValue.int(int(frame["rows"].sum()))
+    return metadata
+
+
+@dg.asset_check(asset=inference_batch, name=INFERENCE_BATCH_QUALITY, blocking=True, partitions_def=batches)
+def inference_batch_quality(
+    context: dg.AssetCheckExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
+) -> dg.AssetCheckResult:
+    """The training suite without the label rule: schema and types, categories and ranges, unique ids,
+    timestamps that parse and are not in the future. A failing batch is kept but never scored."""
+    db = warehouse.get_warehouse()
+    keys = context.partition_keys
+    if len(keys) == 1:
+        customer, batch_id = split_batch_partition_key(keys[0])
+        spec = customer_store.load_spec(db, customer)
+        rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
+        return blocking_check_result(quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False))
+    # A backfill's batches are checked in one validation per customer (ids unique across them, too); only
+    # when one fails are they checked one by one, to name the first failing batch.
+    by_customer: dict[str, list[str]] = {}
+    for key in keys:
+        customer, batch_id = split_batch_partition_key(key)
+        by_customer.setdefault(customer, []).append(batch_id)
+    for customer, batch_ids in by_customer.items():
+        spec = customer_store.load_spec(db, customer)
+        marks = ", ".join("?" for _ in batch_ids)
+        rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" in ({marks})', batch_ids)
+        together = quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False)
+        if together.success:
+            continue
+        for batch_id, batch in rows.groupby("batch_id", sort=True):
+            result = quality.validate_customer_rows(batch, spec, now=utc_now(), labels_required=False)
+            if not result.success:
+                return _failed_batch(batch_partition_key(customer, batch_id), result)
+        return _failed_batch(f"{customer} ({len(batch_ids)} batches together)", together)
+    return dg.AssetCheckResult(
+        passed=True, severity=dg.AssetCheckSeverity.ERROR, description=f"{len(keys)} batches pass the suite"
+    )
+
+
+def _failed_batch(where: str, result: quality.QualityResult) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"batch {where}: {result.summary()}",
+        metadata=result.to_metadata(),
+    )
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="monitoring",
+    kinds={"scikit-learn", "mlflow"},
+    deps=[inference_batch],
+    retry_policy=WAREHOUSE_RETRY,
+    automation_condition=FOLLOWS_ITS_BATCH,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
+def batch_predictions(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+) -> dg.MaterializeResult:
+    """The batch scored by the champion and, in shadow, by the challenger and the previous champion, with the
+    registered pipelines. Before a first champion is approved, the challenger scores alone, so a reviewer sees
+    how it would have done on the history. Re-running a batch replaces its predictions."""
+    db = warehouse.get_warehouse()
+    models_registry = registry.get_registry()
+    loaded: dict[str, dict[str, tuple[str, Any]]] = {}
+    described = []
+    for key in context.partition_keys:
+        customer, batch_id = split_batch_partition_key(key)
+        spec = customer_store.load_spec(db, customer)
+        if customer not in loaded:
+            loaded[customer] = _load_models(models_registry, spec)
+        models = loaded[customer]
+        if not models:
+            raise dg.Failure(f"{customer} has no model yet: train a model before scoring", allow_retries=False)
+        scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows)
+        row: dict[str, Any] = {"batch": key, "rows": scored.rows, "labelled_rows": scored.labelled_rows}
+        for role, version in scored.versions.items():
+            row[f"{role}_version"] = version
+            row[f"{role}_mean_score"] = float(scored.mean_score[role])
+        described.append(row)
+    if len(described) > 1:
+        return dg.MaterializeResult(metadata=_range_metadata(described))
+    only = described[0]
+    metadata: dict[str, Any] = {
+        "rows": dg.MetadataValue.int(only["rows"]),
+        "labelled_rows": dg.MetadataValue.int(only["labelled_rows"]),
+    }
+    for name, value in only.items():
+        if name.endswith("_version"):
+            metadata[name] = value
+        elif name.endswith("_mean_score"):
+            metadata[name] = dg.MetadataValue.float(value)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=batches,
+    group_name="monitoring",
+    kinds={"scipy"},
+    deps=[batch_predictions],
+    retry_policy=WAREHOUSE_RETRY,
+    automation_condition=FOLLOWS_ITS_BATCH,
+    backfill_policy=ONE_RUN_PER_BACKFILL,
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    config: DriftReportConfig,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+    clock: Clock,
+) -> dg.MaterializeResult:
+    """Per feature: the test or distance used, its value, the threshold and the verdict; the share of drifted
+    features and the dataset verdict; drift of the champion's predictions; the realized metrics of the
+    champion and the shadow models on labelled rows, and a label-free estimate of the champion's."""
+    db = warehouse.get_warehouse()
+    models_registry = registry.get_registry()
+    if len(context.partition_keys) == 1:
+        return _measure(db, models_registry, clock, config, context.partition_key, chart=config.chart).metadata
+    described, loaded = [], {}
+    for key in context.partition_keys:
+        # One materialization's metadata stands for every batch of the run: no per-batch chart to draw.
+        measured = _measure(db, models_registry, clock, config, key, chart=False, loaded=loaded)
+        described.append(
+            {
+                "batch": key,
+                "rows": measured.report.rows,
+                "labelled_rows": measured.report.labelled_rows,
+                "drift_share": round(float(measured.report.drift.drift_share), 3),
+                "dataset_drifted": bool(measured.report.drift.dataset_drifted),
+                "drifted_columns": ", ".join(measured.report.drift.drifted_columns) or "-",
+                **{
+                    f"realized_{role}_{measured.spec.primary_metric}": round(_finite(m[measured.spec.primary_metric]), 4)
+                    for role, m in measured.report.realized.items()
+                },
+            }
+        )
+    metadata = _range_metadata(described)
+    metadata["drifted_batches"] = dg.MetadataValue.int(sum(row["dataset_drifted"] for row in described))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dataclass
+class _Measured:
+    spec: CustomerSpec
+    report: monitoring.BatchReport
+    metadata: dg.MaterializeResult
+
+
+def _measure(
+    db,
+    models_registry: ModelRegistry,
+    clock: Clock,
+    config: BatchConfig,
+    key: str,
+    chart: bool = True,
+    loaded: dict | None = None,
+) -> _Measured:
+    """Measure one batch; `loaded` keeps models and baselines across the batches of one run."""
+    loaded = {} if loaded is None else loaded
+
+    def once(what: tuple, load):
+        if what not in loaded:
+            loaded[what] = load()
+        return loaded[what]
+
+    customer, batch_id = split_batch_partition_key(key)
+    spec = customer_store.load_spec(db, customer)
+    versions = monitoring.scored_versions(db, customer, batch_id)
+    serving = monitoring.serving_role(versions)
+    if serving is None:
+        raise dg.Failure(f"batch {batch_id} of {customer} has not been scored: materialize batch_predictions first", allow_retries=False)
+    models = {}
+    for role, version in versions.items():
+        load = lambda v=version: models_registry.load(spec.model_name, v)  # noqa: E731
+        models[role] = (version, once(("model", spec.model_name, version), load))
+
+    def load_baseline() -> drift.Baseline:
+        run_id = models_registry.version_run_id(spec.model_name, versions[serving])
+        return drift.Baseline.from_dict(models_registry.load_dict(run_id, BASELINE_ARTIFACT))
+
+    baseline = once(("baseline", spec.model_name, versions[serving]), load_baseline)
+    report = monitoring.measure_batch(db, spec, batch_id, baseline, models, chunk_rows=config.chunk_rows)
+    monitoring.store_report(db, spec, batch_id, report, versions, measured_at=clock.now())
+
+    columns = report.drift.columns
+    metadata: dict[str, Any] = {
+        "customer": customer,
+        "dataset_drifted": dg.MetadataValue.bool(bool(report.drift.dataset_drifted)),
+        "drift_share": dg.MetadataValue.float(float(report.drift.drift_share)),
+        "drifted_columns": ", ".join(report.drift.drifted_columns) or "none",
+        "labelled_rows": dg.MetadataValue.int(report.labelled_rows),
+        "features": dg.MetadataValue.md(_drift_table(columns)),
+    }
+    if serving != monitoring.CHAMPION_ROLE:
+        metadata["scored_by"] = f"{serving} version {versions[serving]} (no champion yet)"
+    for row in columns.itertuples():
+        metadata[f"statistic/{row.column}"] = dg.MetadataValue.float(_finite(row.statistic))
+    if report.drift.prediction_drift is not None:
+        prediction = report.drift.prediction_drift
+        metadata["prediction_drifted"] = dg.MetadataValue.bool(bool(prediction["drifted"]))
+        metadata["prediction_statistic"] = dg.MetadataValue.float(_finite(prediction["statistic"]))
+    for name, value in report.estimated.items():
+        metadata[f"estimated_{name}"] = dg.MetadataValue.float(_finite(value))
+    for role, metrics in report.realized.items():
+        metadata[f"realized_{role}_{spec.primary_metric}"] = dg.MetadataValue.float(_finite(metrics[spec.primary_metric]))
+    if chart:
+        history = monitoring.metric_history(db, customer, spec.primary_metric)
+        metadata["chart"] = dg.MetadataValue.md(_chart(columns, history, spec.primary_metric, batch_id))
+    return _Measured(spec, report, dg.MaterializeResult(metadata=metadata))
+
+
+def _finite(value: Any) -> float:
+    value = float(value) if value is not None else float("nan")
+    return value if np.isfinite(value) else float("nan")
+
+
+def _drift_table(columns: pd.DataFrame) -> str:
+    shown = columns[["column", "method", "statistic", "threshold", "drifted"]].copy()
+    shown["statistic"] = shown["statistic"].map(lambda v: f"{v:.4g}")
+    shown["threshold"] = shown["threshold"].map(lambda v: f"{v:.4g}")
+    return shown.to_markdown(index=False)
+
+
+def _chart(columns: pd.DataFrame, history: pd.DataFrame, metric: str, batch_id: str) -> str:
+    """Drift per feature and the estimated vs realized metric over batches, as an inline PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2), dpi=80)
+    # One scale for every method: 1 is the threshold (p-value tests: threshold / p; distances: value / threshold).
+    tested = columns["method"].isin(["ks", "chi_square"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(
+            tested,
+            columns["threshold"] / columns["p_value"].astype(float),
+            columns["statistic"] / columns["threshold"],
+        )
+    score = np.clip(np.nan_to_num(score.astype(float), nan=0.0, posinf=3.0), 0.0, 3.0)
+    left.barh(columns["column"], score, color=np.where(columns["drifted"], "#d62728", "#1f77b4"))
+    left.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    left.set_title(f"drift per feature, batch {batch_id} (1 = threshold)", fontsize=9)
+    left.tick_params(labelsize=7)
+    for kind, style in (("realized", "o-"), ("estimated", "s--")):
+        points = history[history["kind"] == kind]
+        if len(points):
+            right.plot(points["batch_id"], points["value"], style, label=kind)
+    right.set_title(f"champion {metric} over batches", fontsize=9)
+    right.tick_params(labelsize=7, rotation=30)
+    if len(history):
+        right.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return f"![drift report](data:image/png;base64,{encoded})"
+
+
+monitoring_assets = [inference_batch, batch_predictions, drift_report]
+monitoring_checks = [inference_batch_quality]
+
+monitor_batch = dg.define_asset_job(
+    "monitor_batch",
+    selection=dg.AssetSelection.assets(*monitoring_assets),
+    partitions_def=batches,
+    description="Check, score and measure one ingested batch.",
+)
+
+remeasure_batch = dg.define_asset_job(
+    "remeasure_batch",
+    selection=dg.AssetSelection.assets(drift_report),
+    partitions_def=batches,
+    description="Measure a scored batch again, after its late labels arrived: its realized metrics and drift report.",
+)

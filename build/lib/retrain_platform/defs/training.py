@@ -1,0 +1,464 @@
+"""Training: dataset, features, candidate models, evaluation report and the deployed model, per customer."""
+
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from retrain_platform import customers as customer_store
+from retrain_platform import ledger, quality
+from retrain_platform.defs.partitions import customers
+from retrain_platform.defs.resources import Clock, MlflowRegistry
+from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
+from retrain_platform.modelling import (
+    FeatureSet,
+    SearchSettings,
+    best_candidate,
+    content_hash,
+    make_features,
+    train_candidates,
+)
+from retrain_platform.registry import CHALLENGER, CHAMPION
+from retrain_platform.settings import TRIGGER_TAG
+from retrain_platform.spec import CustomerSpec
+from retrain_platform.status import HOLDOUT_TAG_PREFIX
+from retrain_platform.warehouse import Warehouse
+
+TRAINING_DATA_QUALITY = "training_data_quality"
+FEATURES_ARE_FINITE = "features_are_finite"
+CHAMPION_SERVES_AS_TRAINED = "champion_serves_as_trained"
+
+WAREHOUSE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+
+
+class WarehouseProvider(Protocol):
+    def get_warehouse(self) -> Warehouse: ...
+
+
+def snapshot_table(customer: str) -> str:
+    return f"training_dataset__{customer}"
+
+
+class TrainingConfig(dg.Config):
+    """Knobs a user may turn for one run from the launchpad."""
+
+    search_iterations: int = 4
+    cv_splits: int = 3
+    max_search_rows: int = 20_000
+    search_jobs: int = 2
+    trigger: str = "manual"
+
+
+@dataclass
+class TrainedModels:
+    """What `candidate_models` hands on: the registered challenger and a summary of every candidate."""
+
+    customer: str
+    model_name: str
+    challenger_version: str
+    challenger_run_id: str
+    challenger_family: str
+    pipeline: Any
+    leaderboard: pd.DataFrame
+
+
+@dataclass
+class Deployment:
+    model_name: str
+    task: str
+    champion_version: str | None
+    action: str
+    sample: pd.DataFrame
+    expected_scores: np.ndarray | None
+
+
+def run_trigger(context: dg.AssetExecutionContext, config: TrainingConfig) -> str:
+    """The config's trigger, else the run's trigger tag (backfill runs carry tags, not config), else manual."""
+    if config.trigger != TrainingConfig().trigger:
+        return config.trigger
+    return context.run.tags.get(TRIGGER_TAG, config.trigger)
+
+
+def _spec(warehouse: WarehouseProvider, customer: str) -> CustomerSpec:
+    return customer_store.load_spec(warehouse.get_warehouse(), customer)
+
+
+def utc_now() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+def blocking_check_result(result: quality.QualityResult) -> dg.AssetCheckResult:
+    """A failed suite is an ERROR: the run stops before anything downstream, and the UI names column and rule."""
+    return dg.AssetCheckResult(
+        passed=result.success,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=result.summary(),
+        metadata=result.to_metadata(),
+    )
+
+
+def _snapshot_window(landing: pd.DataFrame, spec: CustomerSpec) -> pd.DataFrame:
+    """Labelled rows inside the training window, with every spec column kept raw for the quality checks."""
+    columns = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
+    labelled = landing.loc[landing[spec.label_column].notna(), columns]
+    timestamps = pd.to_datetime(labelled[spec.timestamp_column], errors="coerce")
+    # The window ends at the latest plausible row, so one future-dated row cannot push the real data out.
+    plausible = timestamps[timestamps <= utc_now()]
+    end = plausible.max() if len(plausible) else timestamps.max()
+    start = end - pd.Timedelta(days=spec.training_window_days)
+    # Unparseable and future timestamps stay in the snapshot, so the blocking check can name them.
+    keep = timestamps.isna() | (timestamps >= start)
+    return labelled.loc[keep].reset_index(drop=True)
+
+
+@dg.asset(
+    partitions_def=customers,
+    group_name="training",
+    kinds={"python", "pandas"},
+    retry_policy=WAREHOUSE_RETRY,
+)
+def training_dataset(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]):
+    """The customer's labelled rows inside its training window, snapshotted in the warehouse.
+
+    The snapshot is what every later stage trains and evaluates on; its content hash is the data version,
+    so an unchanged dataset is visible as such in the UI.
+    """
+    customer = context.partition_key
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    landing = customer_store.load_landing(db, spec)
+    snapshot = _snapshot_window(landing, spec)
+
+    table = snapshot_table(customer)
+    new_rows = len(snapshot)
+    if db.table_exists(table):
+        previous = db.query(f'select * from "{table}"')
+        if spec.id_column and spec.id_column in previous:
+            new_rows = int((~snapshot[spec.id_column].isin(previous[spec.id_column])).sum())
+        elif len(previous):
+            last = pd.to_datetime(previous[spec.timestamp_column], errors="coerce").max()
+            new_rows = int((pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce") > last).sum())
+    # The snapshot table is the customer's own: replacing it whole lets a column change type between loads,
+    # so that the quality check, not a conversion error, is what reports it.
+    db.execute(f'drop table if exists "{table}"')
+    db.write(table, snapshot.assign(customer=customer))
+
+    digest = content_hash(snapshot)
+    timestamps = pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce")
+    metadata: dict[str, Any] = {
+        "rows": dg.MetadataValue.int(len(snapshot)),
+        "new_labelled_rows": dg.MetadataValue.int(new_rows),
+        "time_range": f"{timestamps.min()} .. {timestamps.max()}",
+        "content_hash": digest,
+        "table": table,
+        "dagster/row_count": dg.MetadataValue.int(len(snapshot)),
+    }
+    if spec.task == "regression":
+        labels = pd.to_numeric(snapshot[spec.label_column], errors="coerce")
+        metadata["label_mean"] = dg.MetadataValue.float(float(labels.mean()))
+    else:
+        balance = snapshot[spec.label_column].astype(str).value_counts(normalize=True).sort_index()
+        metadata["label_balance"] = dg.MetadataValue.md(balance.rename("share").to_frame().to_markdown())
+        if len(balance) == 2:
+            metadata["positive_rate"] = dg.MetadataValue.float(float(balance.iloc[-1]))
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(digest))
+
+
+@dg.asset_check(asset=training_dataset, name=TRAINING_DATA_QUALITY, blocking=True, partitions_def=customers)
+def training_data_quality(
+    context: dg.AssetCheckExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
+) -> dg.AssetCheckResult:
+    """great-expectations suite: schema and types, label present, categories and ranges, minimum rows,
+    unique ids, timestamps that parse and are not in the future."""
+    customer = context.partition_key
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    snapshot = db.query(f'select * from "{snapshot_table(customer)}" where "customer" = ?', [customer])
+    return blocking_check_result(quality.validate_customer_rows(snapshot, spec, now=utc_now()))
+
+
+@dg.asset(
+    partitions_def=customers,
+    group_name="training",
+    kinds={"scikit-learn"},
+    deps=[training_dataset],
+)
+def features(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]) -> dg.Output[FeatureSet]:
+    """One fitted preprocessing (imputation, scaling, one-hot with unknown categories handled) and a
+    time-ordered train/holdout split. The fitted preprocessing is frozen inside every candidate model."""
+    customer = context.partition_key
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, customer)
+    snapshot = db.query(f'select * from "{snapshot_table(customer)}" where "customer" = ?', [customer])
+    snapshot[spec.timestamp_column] = pd.to_datetime(snapshot[spec.timestamp_column])
+    feature_set = make_features(snapshot.drop(columns=["customer"]), spec)
+    return dg.Output(
+        feature_set,
+        metadata={
+            "train_rows": dg.MetadataValue.int(len(feature_set.train)),
+            "holdout_rows": dg.MetadataValue.int(len(feature_set.holdout)),
+            "holdout_starts": str(feature_set.cutoff),
+            "features_in": dg.MetadataValue.int(len(spec.feature_names)),
+            "features_out": dg.MetadataValue.int(len(feature_set.feature_names_out)),
+            "feature_kinds": dg.MetadataValue.json(spec.kinds),
+        },
+    )
+
+
+@dg.asset_check(asset=features, name=FEATURES_ARE_FINITE, blocking=True, partitions_def=customers)
+def features_are_finite(features: FeatureSet) -> dg.AssetCheckResult:
+    """No NaN or infinity survives the fitted preprocessing, on the training rows or the holdout."""
+    transformed = np.vstack([features.transform(features.train), features.transform(features.holdout)])
+    frame = features.per_input_feature(transformed)
+    return blocking_check_result(quality.validate(frame, quality.features_suite(list(frame.columns))))
+
+
+@dg.asset(
+    partitions_def=customers,
+    group_name="training",
+    kinds={"scikit-learn", "mlflow"},
+    retry_policy=WAREHOUSE_RETRY,
+)
+def candidate_models(
+    context: dg.AssetExecutionContext, config: TrainingConfig, registry: MlflowRegistry, features: FeatureSet
+) -> dg.Output[TrainedModels]:
+    """Several model families, each tuned by a hyper-parameter search under time-series cross-validation.
+    Every candidate is an MLflow run; the best is registered as a new version with the alias `challenger`."""
+    spec = features.spec
+    models = registry.get_registry()
+    settings = SearchSettings(
+        n_iter=config.search_iterations,
+        n_splits=config.cv_splits,
+        max_search_rows=config.max_search_rows,
+        n_jobs=config.search_jobs,
+    )
+    candidates = train_candidates(features, settings)
+    best = best_candidate(candidates)
+    tags = {"dagster_run_id": context.run_id, "customer": spec.customer, "trigger": run_trigger(context, config)}
+    input_example = features.X_holdout.head(5)
+    logged = {}
+    with models.start_training_run(spec.customer, run_name=f"training {context.run_id[:8]}", tags=tags):
+        for candidate in candidates:
+            logged[candidate.family] = models.log_candidate(
+                candidate.family,
+                candidate.pipeline,
+                params={"family": candidate.family, **candidate.best_params},
+                metrics={f"cv_{spec.primary_metric}": abs(candidate.cv_score), "cv_std": candidate.cv_std},
+                input_example=input_example,
+                tags={**tags, "family": candidate.family},
+            )
+    winner = logged[best.family]
+    version = models.register(spec.model_name, winner, tags={**tags, "family": best.family})
+    models.set_alias(spec.model_name, CHALLENGER, version)
+
+    leaderboard = pd.DataFrame(
+        [
+            {
+                "family": c.family,
+                f"cv_{spec.primary_metric}": round(abs(c.cv_score), 4),
+                "cv_std": round(c.cv_std, 4),
+                "seconds": round(c.fit_seconds, 1),
+                "best_params": json.dumps({k: _plain(v) for k, v in c.best_params.items()}),
+            }
+            for c in sorted(candidates, key=lambda c: -c.cv_score)
+        ]
+    )
+    trained = TrainedModels(
+        customer=spec.customer,
+        model_name=spec.model_name,
+        challenger_version=version,
+        challenger_run_id=winner.run_id,
+        challenger_family=best.family,
+        pipeline=best.pipeline,
+        leaderboard=leaderboard,
+    )
+    return dg.Output(
+        trained,
+        metadata={
+            "challenger_version": version,
+            "challenger_family": best.family,
+            f"cv_{spec.primary_metric}": dg.MetadataValue.float(abs(best.cv_score)),
+            "leaderboard": dg.MetadataValue.md(leaderboard.to_markdown(index=False)),
+            "mlflow_run_id": winner.run_id,
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=customers,
+    group_name="training",
+    kinds={"mlflow"},
+    retry_policy=WAREHOUSE_RETRY,
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext, registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
+) -> dg.Output[EvaluationReport]:
+    """The challenger against the current champion on the same holdout: several metrics, a paired bootstrap
+    interval of the primary metric's difference, and a PROMOTE / HOLD / REJECT verdict with a reason per gate."""
+    spec = features.spec
+    models = registry.get_registry()
+    champion_version = models.alias_version(spec.model_name, CHAMPION)
+    challenger_output = ModelOutput.from_estimator(candidate_models.pipeline, features.X_holdout, spec.task)
+    champion_output = None
+    if champion_version is not None and champion_version != candidate_models.challenger_version:
+        champion = models.load(spec.model_name, champion_version)
+        champion_output = ModelOutput.from_estimator(champion, features.X_holdout, spec.task)
+    report = evaluate(
+        task=spec.task,
+        primary_metric=spec.primary_metric,
+        y_true=features.y_holdout.to_numpy(),
+        challenger_output=challenger_output,
+        champion_output=champion_output,
+        thresholds=spec.thresholds,
+        customer=spec.customer,
+        challenger_version=candidate_models.challenger_version,
+        champion_version=champion_version if champion_output is not None else None,
+    )
+    models.log_dict(candidate_models.challenger_run_id, report.to_dict(), "evaluation_report.json")
+    for metric, value in report.challenger_metrics.items():
+        models.set_version_tag(spec.model_name, candidate_models.challenger_version, HOLDOUT_TAG_PREFIX + metric, str(value))
+    metadata: dict[str, Any] = {
+        "verdict": report.verdict.decision,
+        "report": dg.MetadataValue.md(report.to_markdown()),
+        "challenger_version": candidate_models.challenger_version,
+        "champion_version": str(champion_version),
+        f"challenger_{spec.primary_metric}": dg.MetadataValue.float(report.challenger_metrics[spec.primary_metric]),
+    }
+    if report.champion_metrics:
+        metadata[f"champion_{spec.primary_metric}"] = dg.MetadataValue.float(report.champion_metrics[spec.primary_metric])
+    context.log.info(f"{spec.customer}: verdict {report.verdict.decision}")
+    return dg.Output(report, metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=customers,
+    group_name="training",
+    kinds={"mlflow"},
+    retry_policy=WAREHOUSE_RETRY,
+)
+def deployed_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+    clock: Clock,
+    features: FeatureSet,
+    candidate_models: TrainedModels,
+    evaluation_report: EvaluationReport,
+) -> dg.Output[Deployment]:
+    """Applies the verdict: PROMOTE moves the `champion` alias (the replaced version stays one step away as
+    `previous-champion`). Every decision, promotion or not, is appended to the model ledger."""
+    spec = features.spec
+    models = registry.get_registry()
+    db = warehouse.get_warehouse()
+    decision = evaluation_report.verdict.decision
+    before = models.alias_version(spec.model_name, CHAMPION)
+    challenger = candidate_models.challenger_version
+
+    if decision == "PROMOTE" and spec.mode == "auto":
+        models.promote(spec.model_name, challenger)
+        action = "promote"
+    elif decision == "PROMOTE" and spec.mode == "approve":
+        models.set_version_tag(spec.model_name, challenger, "approval", "pending")
+        action = "await_approval"
+    elif decision == "PROMOTE":
+        action = "alert"
+    else:
+        action = decision.lower()
+    after = models.alias_version(spec.model_name, CHAMPION)
+
+    reasons = "; ".join(f"{g.name}: {'pass' if g.passed else 'fail'} ({g.reason})" for g in evaluation_report.verdict.gates)
+    ledger.append(
+        db,
+        ledger.LedgerEntry(
+            customer=spec.customer,
+            model_name=spec.model_name,
+            action=action,
+            verdict=decision,
+            from_version=before,
+            to_version=challenger,
+            champion_after=after,
+            reasons=reasons,
+            trigger=run_trigger(context, config),
+            dagster_run_id=context.run_id,
+            data_version=_training_data_version(context),
+            # The clock, not the wall: the cooldown between trainings is measured on this timestamp.
+            recorded_at=clock.now(),
+        ),
+    )
+
+    sample = features.X_holdout.head(200)
+    expected = None
+    if after == challenger:
+        expected = _scores(candidate_models.pipeline, sample, spec.task)
+    elif after is not None:
+        expected = _scores(models.load(spec.model_name, after), sample, spec.task)
+    deployment = Deployment(spec.model_name, spec.task, after, action, sample, expected)
+    metadata: dict[str, Any] = {
+        "action": action,
+        "verdict": decision,
+        "champion_version": str(after),
+        "previous_champion": str(before),
+        "mode": spec.mode,
+    }
+    if after is not None:
+        metadata["champion_uri"] = f"models:/{spec.model_name}@{CHAMPION}"
+    return dg.Output(deployment, metadata=metadata)
+
+
+@dg.asset_check(asset=deployed_model, name=CHAMPION_SERVES_AS_TRAINED, blocking=True, partitions_def=customers)
+def champion_serves_as_trained(registry: MlflowRegistry, deployed_model: Deployment) -> dg.AssetCheckResult:
+    """The champion loads from `models:/<name>@champion` and scores a sample exactly as the in-memory model did."""
+    if deployed_model.champion_version is None:
+        return dg.AssetCheckResult(passed=True, description="no champion yet: nothing serves")
+    models = registry.get_registry()
+    name = deployed_model.model_name
+    served = _scores(models.load(name, CHAMPION), deployed_model.sample, deployed_model.task)
+    identical = served.shape == deployed_model.expected_scores.shape and bool(
+        np.array_equal(served, deployed_model.expected_scores)
+    )
+    max_difference = float(np.max(np.abs(served - deployed_model.expected_scores))) if served.shape == deployed_model.expected_scores.shape else float("inf")
+    return dg.AssetCheckResult(
+        passed=identical,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"models:/{name}@champion (version {deployed_model.champion_version}) scores the sample identically"
+            if identical
+            else f"models:/{name}@champion scores differ from the in-memory model (max difference {max_difference})"
+        ),
+        metadata={"sample_rows": len(deployed_model.sample), "max_abs_difference": dg.MetadataValue.float(max_difference)},
+    )
+
+
+def _scores(pipeline: Any, frame: pd.DataFrame, task: str) -> np.ndarray:
+    if task == "regression":
+        return np.asarray(pipeline.predict(frame), dtype=float)
+    return np.asarray(pipeline.predict_proba(frame), dtype=float)
+
+
+def _training_data_version(context: dg.AssetExecutionContext) -> str | None:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=training_dataset.key, asset_partitions=[context.partition_key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    return records[0].asset_materialization.tags.get("dagster/data_version")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+training_assets = [training_dataset, features, candidate_models, evaluation_report, deployed_model]
+training_checks = [training_data_quality, features_are_finite, champion_serves_as_trained]
+
+
+train_customer = dg.define_asset_job(
+    "train_customer",
+    selection=dg.AssetSelection.groups("training"),
+    description="Snapshot, featurise, train, evaluate and deploy one customer's model.",
+)

@@ -1,0 +1,230 @@
+"""Ingest a batch of rows, or of late labels, into a customer's landing table.
+
+A file is checked against the customer's spec before anything is written: a file that does not match is
+refused with a message naming the column and the problem, and the landing table is left as it was. Rows
+whose id is already stored are never inserted twice; their labels, when the file carries them, are merged
+in (the expert-labelling loop: labels people add later are used).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from retrain_platform.spec import CustomerSpec
+from retrain_platform.warehouse import Warehouse, quote
+
+BATCH_COLUMN = "batch_id"
+HISTORY_BATCH = "history"
+# Batch ids of an onboarded history ("history-2024-03"): a backtest of the first model, never a retraining trigger.
+HISTORY_PREFIX = f"{HISTORY_BATCH}-"
+BATCH_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+BATCH_SEPARATOR = "."
+
+
+class IngestError(ValueError):
+    """A file that does not match the spec; nothing has been written."""
+
+
+@dataclass
+class IngestSummary:
+    customer: str
+    batch_id: str
+    new_rows: int
+    labels_merged: int
+    ignored_columns: list[str] = field(default_factory=list)
+    batches_with_new_labels: list[str] = field(default_factory=list)
+
+
+def batch_partition_key(customer: str, batch_id: str) -> str:
+    """Customer ids and batch ids never contain a dot, so the key splits back unambiguously."""
+    return f"{customer}{BATCH_SEPARATOR}{batch_id}"
+
+
+def split_batch_partition_key(key: str) -> tuple[str, str]:
+    customer, _, batch_id = key.partition(BATCH_SEPARATOR)
+    if not batch_id:
+        raise ValueError(f"batch partition key {key!r} is not of the form <customer>.<batch>")
+    return customer, batch_id
+
+
+def validate_batch_id(batch_id: str) -> str:
+    if not BATCH_ID_PATTERN.match(batch_id or ""):
+        raise IngestError(f"invalid batch id {batch_id!r}: use 1 to 63 characters from a-z, 0-9, '_' and '-'")
+    return batch_id
+
+
+def is_history_batch(batch_id: str) -> bool:
+    return batch_id == HISTORY_BATCH or batch_id.startswith(HISTORY_PREFIX)
+
+
+def new_batch_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("b%Y%m%d-%H%M%S-%f")
+
+
+def read_source(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise IngestError(f"source {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (ValueError, OSError) as error:
+        raise IngestError(f"source {path} could not be read: {str(error).splitlines()[0]}") from None
+    raise IngestError(f"source {path}: only .csv and .parquet files are read")
+
+
+def conform(frame: pd.DataFrame, spec: CustomerSpec, *, require_features: bool = True) -> pd.DataFrame:
+    """Check a frame against the spec and return it with the spec's columns and types; raise `IngestError`."""
+    required = [spec.timestamp_column, *spec.feature_names] if require_features else []
+    if spec.id_column:
+        required.insert(0, spec.id_column)
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise IngestError(f"column {missing[0]!r}: missing from the file (the spec needs {missing})")
+    if frame.empty:
+        raise IngestError("the file has no rows")
+    conformed = frame.copy()
+    if spec.id_column:
+        ids = conformed[spec.id_column]
+        if ids.isna().any():
+            raise IngestError(f"column {spec.id_column!r}: {int(ids.isna().sum())} row(s) have no id")
+        duplicated = ids[ids.duplicated()]
+        if len(duplicated):
+            raise IngestError(
+                f"column {spec.id_column!r}: id {duplicated.iloc[0]!r} appears more than once in the file"
+            )
+    if spec.timestamp_column in conformed:
+        raw = conformed[spec.timestamp_column]
+        # utc=True folds mixed offsets (a week across a daylight-saving change) into one naive-UTC column.
+        if raw.dtype == object:
+            parsed = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
+        else:
+            parsed = pd.to_datetime(raw, errors="coerce", utc=True)
+        bad = parsed.isna() & raw.notna()
+        if bad.any() or raw.isna().any():
+            example = raw[bad].iloc[0] if bad.any() else None
+            raise IngestError(
+                f"column {spec.timestamp_column!r}: {int(bad.sum() + raw.isna().sum())} timestamp(s) missing or "
+                f"unparseable, e.g. {example!r}"
+            )
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        conformed[spec.timestamp_column] = parsed
+    for name in spec.numeric_features:
+        if name not in conformed:
+            continue
+        raw = conformed[name]
+        numbers = pd.to_numeric(raw, errors="coerce")
+        bad = numbers.isna() & raw.notna()
+        if bad.any():
+            raise IngestError(
+                f"column {name!r}: {int(bad.sum())} value(s) are not numbers (rule: numeric feature), "
+                f"e.g. {raw[bad].iloc[0]!r}"
+            )
+        conformed[name] = numbers.astype("float64")
+    if spec.label_column in conformed and spec.task == "regression":
+        raw = conformed[spec.label_column]
+        numbers = pd.to_numeric(raw, errors="coerce")
+        bad = numbers.isna() & raw.notna()
+        if bad.any():
+            raise IngestError(f"column {spec.label_column!r}: {int(bad.sum())} label(s) are not numbers")
+        conformed[spec.label_column] = numbers
+    return conformed
+
+
+def ingest(
+    warehouse: Warehouse, spec: CustomerSpec, frame: pd.DataFrame, batch_id: str | None = None
+) -> IngestSummary:
+    """Append a batch to the landing table and merge any labels for rows already stored."""
+    batch_id = validate_batch_id(batch_id or new_batch_id())
+    if is_history_batch(batch_id):
+        raise IngestError(f"invalid batch id {batch_id!r}: ids starting with 'history' are kept for onboarded history")
+    label_only = bool(spec.id_column) and set(frame.columns) <= {spec.id_column, spec.label_column}
+    if not spec.id_column and spec.label_column in frame.columns and spec.timestamp_column not in frame.columns:
+        raise IngestError(
+            f"{spec.customer} has no id column, so late labels cannot find their rows: send labels with the rows, "
+            "or onboard the customer with --id"
+        )
+    conformed = conform(frame, spec, require_features=not label_only)
+    known = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
+    ignored = [column for column in conformed.columns if column not in known]
+    conformed = conformed[[column for column in known if column in conformed.columns]]
+    if spec.label_column not in conformed:
+        conformed[spec.label_column] = pd.Series([None] * len(conformed), dtype=object)
+
+    table = spec.landing_table
+    exists = warehouse.table_exists(table)
+    if exists and BATCH_COLUMN not in warehouse.columns(table):
+        warehouse.execute(f"alter table {quote(table)} add column {quote(BATCH_COLUMN)} varchar")
+    stored_ids = pd.Series([], dtype=object)
+    if exists and spec.id_column:
+        stored_ids = warehouse.query(f"select {quote(spec.id_column)} from {quote(table)}")[spec.id_column]
+
+    if spec.id_column:
+        seen = conformed[spec.id_column].isin(stored_ids)
+    else:
+        seen = pd.Series(False, index=conformed.index)
+    if label_only and (~seen).any():
+        unknown = conformed.loc[~seen, spec.id_column].iloc[0]
+        raise IngestError(f"column {spec.id_column!r}: id {unknown!r} has a label but no stored row")
+
+    late_labels = pd.DataFrame()
+    if spec.id_column:
+        late_labels = conformed.loc[seen & conformed[spec.label_column].notna(), [spec.id_column, spec.label_column]]
+    fresh = conformed.loc[~seen].assign(**{BATCH_COLUMN: batch_id})
+    affected: list[str] = []
+    if len(late_labels):
+        affected = _merge_labels(warehouse, spec, late_labels)
+    if len(fresh):
+        warehouse.write(table, fresh)
+    return IngestSummary(
+        customer=spec.customer,
+        batch_id=batch_id,
+        new_rows=len(fresh),
+        labels_merged=len(late_labels),
+        ignored_columns=ignored,
+        batches_with_new_labels=affected,
+    )
+
+
+def _merge_labels(warehouse: Warehouse, spec: CustomerSpec, labels: pd.DataFrame) -> list[str]:
+    staging = f"staging_labels__{spec.customer}"
+    landing, key, label = quote(spec.landing_table), quote(spec.id_column), quote(spec.label_column)
+    # A fresh staging table each time: its label column must take this file's type (20.5 stays 20.5).
+    warehouse.execute(f"drop table if exists {quote(staging)}")
+    warehouse.write(staging, labels.assign(customer=spec.customer))
+    affected = warehouse.query(
+        f'select distinct l.{quote(BATCH_COLUMN)} as "batch_id" from {landing} l join {quote(staging)} s '
+        f'on l.{key} = s.{key} where s."customer" = ?',
+        [spec.customer],
+    )
+    warehouse.execute(
+        f"update {landing} set {label} = s.{label} from {quote(staging)} s "
+        f'where {landing}.{key} = s.{key} and s."customer" = ?',
+        [spec.customer],
+    )
+    warehouse.delete_where(staging, {"customer": spec.customer})
+    return sorted(str(b) for b in affected["batch_id"].dropna())
+
+
+def batch_ids(warehouse: Warehouse, spec: CustomerSpec) -> list[str]:
+    """Every inference batch stored for the customer, oldest first (the training history excluded)."""
+    table = spec.landing_table
+    if not warehouse.table_exists(table) or BATCH_COLUMN not in warehouse.columns(table):
+        return []
+    frame = warehouse.query(
+        f'select {quote(BATCH_COLUMN)} as "batch_id", min({quote(spec.timestamp_column)}) as "first_seen" '
+        f"from {quote(table)} where {quote(BATCH_COLUMN)} is not null and {quote(BATCH_COLUMN)} <> ? "
+        f"group by 1 order by 2, 1",
+        [HISTORY_BATCH],
+    )
+    return [str(b) for b in frame["batch_id"]]

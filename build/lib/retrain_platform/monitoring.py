@@ -1,0 +1,341 @@
+"""Scoring batches and measuring them: predictions, drift and realized or estimated performance.
+
+Everything here works chunk by chunk, so a batch of ten million rows is scored and compared with the
+baseline in bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain_platform import drift, performance
+from retrain_platform.evaluation import ModelOutput, compute_metrics
+from retrain_platform.ingest import BATCH_COLUMN
+from retrain_platform.spec import CustomerSpec
+from retrain_platform.warehouse import Warehouse, quote
+
+PREDICTIONS_TABLE = "batch_predictions"
+DRIFT_TABLE = "drift_statistics"
+METRICS_TABLE = "batch_metrics"
+DRIFT_BATCHES_TABLE = "drift_batches"
+SCORE = "score"
+CHAMPION_ROLE = "champion"
+MAX_METRIC_ROWS = 1_000_000
+CHALLENGER_ROLE = "challenger"
+# The champion a promotion replaced, scored in shadow so a bad promotion shows on the next labelled batches.
+PREVIOUS_CHAMPION_ROLE = "previous_champion"
+
+
+def serving_role(models: dict) -> str | None:
+    """The role whose predictions are the batch's: the champion, or before any champion the challenger."""
+    for role in (CHAMPION_ROLE, CHALLENGER_ROLE):
+        if role in models:
+            return role
+    return None
+
+
+def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """What a model says about each row: (prediction, score). The score is the positive-class probability
+    for a binary task, the top-class probability for multiclass, and the predicted value for regression."""
+    if task == "regression":
+        values = np.asarray(pipeline.predict(frame), dtype=float)
+        return values, values
+    proba = np.asarray(pipeline.predict_proba(frame), dtype=float)
+    classes = np.asarray(pipeline.classes_)
+    predicted = classes[np.argmax(proba, axis=1)]
+    score = proba[:, 1] if task == "binary" else proba.max(axis=1)
+    return predicted, score
+
+
+def baseline_predictions(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, str]:
+    """The prediction distribution a baseline keeps: scores for binary and regression, classes for multiclass."""
+    predicted, score = prediction_scores(pipeline, frame, task)
+    if task == "multiclass":
+        return predicted.astype(str), "categorical"
+    return score, "numeric"
+
+
+def batch_rows(warehouse: Warehouse, spec: CustomerSpec, batch_id: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    # No ORDER BY: scoring and drift do not depend on row order, and sorting would hold the whole batch.
+    sql = f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = ?"
+    yield from warehouse.query_chunks(sql, [batch_id], chunk_rows)
+
+
+@dataclass
+class ScoredBatch:
+    rows: int
+    labelled_rows: int
+    versions: dict[str, str]
+    mean_score: dict[str, float]
+
+
+def score_batch(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    batch_id: str,
+    models: dict[str, tuple[str, Any]],
+    chunk_rows: int = 250_000,
+) -> ScoredBatch:
+    """Score every row of a batch with each model (role -> (version, pipeline)) and replace the batch's
+    stored predictions, so re-running a batch never duplicates them."""
+    warehouse.delete_where(PREDICTIONS_TABLE, {"customer": spec.customer, "batch_id": batch_id})
+    rows = labelled = 0
+    sums = {role: 0.0 for role in models}
+    for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
+        rows += len(chunk)
+        labelled += int(chunk[spec.label_column].notna().sum())
+        row_ids = chunk[spec.id_column].astype(str) if spec.id_column else chunk.index.astype(str)
+        parts = []
+        for role, (version, pipeline) in models.items():
+            predicted, score = prediction_scores(pipeline, chunk[spec.feature_names], spec.task)
+            sums[role] += float(score.sum())
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "customer": spec.customer,
+                        "batch_id": batch_id,
+                        "row_id": row_ids.to_numpy(),
+                        "model_role": role,
+                        "model_version": str(version),
+                        "prediction": pd.Series(predicted).astype(str).to_numpy(),
+                        SCORE: score,
+                    }
+                )
+            )
+        if parts:
+            warehouse.write(PREDICTIONS_TABLE, pd.concat(parts, ignore_index=True))
+    return ScoredBatch(
+        rows=rows,
+        labelled_rows=labelled,
+        versions={role: str(version) for role, (version, _) in models.items()},
+        mean_score={role: total / rows if rows else float("nan") for role, total in sums.items()},
+    )
+
+
+def scored_versions(warehouse: Warehouse, customer: str, batch_id: str) -> dict[str, str]:
+    """Which model version scored a batch in each role."""
+    if not warehouse.table_exists(PREDICTIONS_TABLE):
+        return {}
+    frame = warehouse.query(
+        f'select distinct "model_role", "model_version" from {quote(PREDICTIONS_TABLE)} '
+        'where "customer" = ? and "batch_id" = ?',
+        [customer, batch_id],
+    )
+    return dict(zip(frame["model_role"], frame["model_version"]))
+
+
+@dataclass
+class BatchReport:
+    drift: drift.DriftResult
+    realized: dict[str, dict[str, float]]
+    estimated: dict[str, float]
+    labelled_rows: int
+    rows: int
+
+
+def measure_batch(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    batch_id: str,
+    baseline: drift.Baseline,
+    models: dict[str, tuple[str, Any]],
+    chunk_rows: int = 250_000,
+    max_metric_rows: int = MAX_METRIC_ROWS,
+    seed: int = 0,
+) -> BatchReport:
+    """Drift of every feature and of the champion's predictions, the label-free estimate of the champion's
+    performance, and the realized metrics of each model on the rows whose labels have arrived.
+
+    Realized metrics use every labelled row up to `max_metric_rows`, and a uniform random sample of that
+    size beyond it: the sampling error is then far below any difference that matters, and memory stays
+    bounded whatever the batch size."""
+    labelled_total = _labelled_rows(warehouse, spec, batch_id)
+    keep_share = min(1.0, max_metric_rows / labelled_total) if labelled_total else 1.0
+    sampler = np.random.default_rng(seed)
+    labels: list[np.ndarray] = []
+    # Per role, the outputs on labelled rows only: probabilities as float32 (or regression values).
+    outputs: dict[str, list[np.ndarray]] = {role: [] for role in models}
+    estimate_scores: list[np.ndarray] = []
+    serving = serving_role(models)
+    champion = models.get(serving) if serving else None
+
+    def model_outputs(pipeline: Any, frame: pd.DataFrame) -> np.ndarray:
+        if spec.task == "regression":
+            return np.asarray(pipeline.predict(frame), dtype=float)
+        return np.asarray(pipeline.predict_proba(frame), dtype=np.float32)
+
+    def chunks() -> Iterable[pd.DataFrame]:
+        # Only the labels and the models' outputs on labelled rows are kept, never the rows themselves.
+        for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
+            features = chunk[spec.feature_names]
+            is_labelled = chunk[spec.label_column].notna().to_numpy()
+            if keep_share < 1.0:
+                is_labelled &= sampler.random(len(chunk)) < keep_share
+            champion_output = None
+            if champion is not None:
+                champion_output = model_outputs(champion[1], features)
+                if spec.task == "regression":
+                    chunk = chunk.assign(**{SCORE: champion_output})
+                elif spec.task == "binary":
+                    estimate_scores.append(champion_output[:, 1])
+                    chunk = chunk.assign(**{SCORE: champion_output[:, 1]})
+                else:
+                    estimate_scores.append(champion_output)
+                    classes = np.asarray(champion[1].classes_)
+                    chunk = chunk.assign(**{SCORE: classes[np.argmax(champion_output, axis=1)].astype(str)})
+            if is_labelled.any():
+                y = chunk.loc[is_labelled, spec.label_column].to_numpy()
+                labels.append(y.astype(float) if spec.task == "regression" else y)
+                for role, (_, pipeline) in models.items():
+                    if role == serving and champion_output is not None:
+                        outputs[role].append(champion_output[is_labelled])
+                    else:
+                        outputs[role].append(model_outputs(pipeline, features[is_labelled]))
+            yield chunk
+
+    result = drift.detect(baseline, chunks(), predictions=SCORE if champion is not None else None)
+    realized: dict[str, dict[str, float]] = {}
+    labelled_rows = int(sum(len(y) for y in labels))
+    if labelled_rows:
+        y_true = np.concatenate(labels)
+        for role, parts in outputs.items():
+            values = np.concatenate(parts)
+            if spec.task == "regression":
+                output = ModelOutput.from_values(values)
+            else:
+                output = ModelOutput.from_proba(values.astype(float), np.asarray(models[role][1].classes_))
+            realized[role] = compute_metrics(spec.task, y_true, output)
+    estimated: dict[str, float] = {}
+    if estimate_scores:
+        scores = np.concatenate(estimate_scores)
+        estimated["accuracy"] = performance.estimate_accuracy(scores)
+        if spec.task == "binary":
+            estimated["roc_auc"] = performance.estimate_roc_auc(scores)
+            estimated["f1"] = performance.estimate_f1(scores)
+    return BatchReport(
+        drift=result,
+        realized=realized,
+        estimated=estimated,
+        labelled_rows=labelled_total,
+        rows=result.n_rows,
+    )
+
+
+def _labelled_rows(warehouse: Warehouse, spec: CustomerSpec, batch_id: str) -> int:
+    counted = warehouse.query(
+        f'select count({quote(spec.label_column)}) as "n" from {quote(spec.landing_table)} '
+        f"where {quote(BATCH_COLUMN)} = ?",
+        [batch_id],
+    )
+    return int(counted["n"].iloc[0])
+
+
+def store_report(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    batch_id: str,
+    report: BatchReport,
+    versions: dict[str, str],
+    measured_at: datetime | None = None,
+) -> None:
+    """Every raw statistic, per customer x batch x column, and every metric, in tables a dashboard can query;
+    and one summary row per batch (`drift_batches`) that the drift sensor reads."""
+    key = {"customer": spec.customer, "batch_id": batch_id}
+    columns = report.drift.columns.copy()
+    if report.drift.prediction_drift is not None:
+        columns = pd.concat([columns, pd.DataFrame([report.drift.prediction_drift])], ignore_index=True)
+    serving = serving_role(versions)
+    columns = columns.assign(**key, model_version=versions.get(serving))
+    for name in columns.columns:
+        if columns[name].dtype == object:
+            columns[name] = columns[name].astype("string")
+    warehouse.write(DRIFT_TABLE, columns, replace_where=key)
+
+    rows = []
+    for role, metrics in report.realized.items():
+        rows += [
+            {"model_role": role, "model_version": versions.get(role), "kind": "realized", "metric": m, "value": v}
+            for m, v in metrics.items()
+        ]
+    rows += [
+        {"model_role": serving, "model_version": versions.get(serving), "kind": "estimated", "metric": m, "value": v}
+        for m, v in report.estimated.items()
+    ]
+    frame = pd.DataFrame(rows, columns=["model_role", "model_version", "kind", "metric", "value"])
+    frame = frame.assign(**key, labelled_rows=report.labelled_rows, rows=report.rows)
+    frame["value"] = frame["value"].astype(float)
+    warehouse.delete_where(METRICS_TABLE, key)
+    if len(frame):
+        warehouse.write(METRICS_TABLE, frame)
+
+    measured_at = measured_at or datetime.now(timezone.utc).replace(tzinfo=None)
+    summary = pd.DataFrame(
+        {
+            **{name: [value] for name, value in key.items()},
+            "batch_start": [batch_start(warehouse, spec, batch_id)],
+            "rows": [int(report.rows)],
+            "labelled_rows": [int(report.labelled_rows)],
+            "drift_share": [float(report.drift.drift_share)],
+            "dataset_drifted": [bool(report.drift.dataset_drifted)],
+            "drifted_columns": [", ".join(report.drift.drifted_columns)],
+            "model_version": pd.Series([versions.get(serving)], dtype="string"),
+            "measured_at": [pd.Timestamp(measured_at)],
+        }
+    )
+    summary["batch_start"] = pd.to_datetime(summary["batch_start"])
+    warehouse.write(DRIFT_BATCHES_TABLE, summary, replace_where=key)
+
+
+def drift_by_batch(warehouse: Warehouse) -> pd.DataFrame:
+    """Per customer, batch and feature whether it drifted (the prediction's own row left out), oldest first."""
+    if not warehouse.table_exists(DRIFT_TABLE):
+        return pd.DataFrame(columns=["customer", "batch_id", "column", "drifted"])
+    frame = warehouse.query(
+        f'select "customer", "batch_id", "column", "drifted" from {quote(DRIFT_TABLE)} '
+        'where "column" <> ? order by "customer", "batch_id"',
+        [drift.PREDICTION],
+    )
+    frame["drifted"] = frame["drifted"].astype(str).str.lower().isin(["true", "1"])
+    return frame
+
+
+def batch_summaries(warehouse: Warehouse, customer: str, batch_prefix: str = "") -> pd.DataFrame:
+    """One row per measured batch of the customer (id, start, rows, drift share, drifted columns), by time."""
+    if not warehouse.table_exists(DRIFT_BATCHES_TABLE):
+        return pd.DataFrame(columns=["batch_id", "batch_start", "rows", "drift_share", "drifted_columns"])
+    return warehouse.query(
+        f"select batch_id, batch_start, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
+        "where customer = ? and batch_id like ? order by batch_start",
+        [customer, batch_prefix + "%"],
+    )
+
+
+def batch_start(warehouse: Warehouse, spec: CustomerSpec, batch_id: str):
+    """The earliest timestamp of a batch: batches are ordered by the time their rows describe."""
+    frame = warehouse.query(
+        f"select min({quote(spec.timestamp_column)}) as first from {quote(spec.landing_table)} "
+        f"where {quote(BATCH_COLUMN)} = ?",
+        [batch_id],
+    )
+    return frame["first"].iloc[0] if len(frame) else None
+
+
+def metric_history(warehouse: Warehouse, customer: str, metric: str) -> pd.DataFrame:
+    """The serving model's realized and estimated `metric` over the customer's batches, oldest first: the
+    champion's, or the challenger's on batches scored before any champion."""
+    if not warehouse.table_exists(METRICS_TABLE):
+        return pd.DataFrame(columns=["batch_id", "kind", "value"])
+    frame = warehouse.query(
+        f'select "batch_id", "kind", "value", "model_role" from {quote(METRICS_TABLE)} '
+        'where "customer" = ? and "metric" = ? and "model_role" in (?, ?) order by "batch_id"',
+        [customer, metric, CHAMPION_ROLE, CHALLENGER_ROLE],
+    )
+    has_champion = set(frame.loc[frame["model_role"] == CHAMPION_ROLE, "batch_id"])
+    keep = (frame["model_role"] == CHAMPION_ROLE) | ~frame["batch_id"].isin(has_champion)
+    return frame.loc[keep, ["batch_id", "kind", "value"]].reset_index(drop=True)

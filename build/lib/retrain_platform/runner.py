@@ -1,0 +1,409 @@
+"""The one place that runs the platform's work outside the daemon: a job for a partition, a batch ingested
+and monitored, the sensors ticked at a given time, an onboarding registered, waited for and summarised.
+
+The CLI, the demo, replay and the tests call this module; it returns data, and callers decide what to
+print. Runs are real runs on the Dagster instance of the home (they show in the UI); a frozen `clock`
+resource replays history at simulated times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from retrain_platform import alerts, ledger, onboarding
+from retrain_platform import customers as customer_store
+from retrain_platform.defs.automation import (
+    AUTO_ROLLBACK_SENSOR,
+    DEPLOYMENT_ALERTS_SENSOR,
+    DRIFT_SENSOR,
+    EVIDENCE_TAG,
+    NEW_LABELS_SENSOR,
+    PERFORMANCE_SENSOR,
+    TRAINING_OPS_WITH_TRIGGER,
+    tick_in_process,
+)
+from retrain_platform.defs.onboarding import (
+    HISTORY_STAGE,
+    TRAINING_STAGE,
+    add_customer_partitions,
+    cancel_onboarding_backfills,
+    onboarding_id,
+    onboarding_progress,
+    remove_customer_partitions,
+    stage_backfills,
+)
+from retrain_platform.defs.partitions import batches, customers
+from retrain_platform.defs.resources import Clock, DuckDBWarehouse, duckdb_kept_open
+from retrain_platform.ingest import (
+    BATCH_COLUMN,
+    HISTORY_BATCH,
+    IngestSummary,
+    batch_partition_key,
+    ingest,
+    is_history_batch,
+)
+from retrain_platform.local_daemon import SharedDaemon
+from retrain_platform.registry import CHAMPION, ModelRegistry
+from retrain_platform.settings import CUSTOMER_TAG, Home
+from retrain_platform.spec import CustomerSpec
+from retrain_platform.warehouse import Warehouse
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+TRAIN_JOB = "train_customer"
+MONITOR_JOB = "monitor_batch"
+REMEASURE_JOB = "remeasure_batch"
+
+# Every retraining, rollback and alert sensor as shipped: what the daemon ticks under `dagster dev`.
+SHIPPED_SENSORS = (DRIFT_SENSOR, PERFORMANCE_SENSOR, NEW_LABELS_SENSOR, AUTO_ROLLBACK_SENSOR, DEPLOYMENT_ALERTS_SENSOR)
+
+
+class RunFailed(RuntimeError):
+    """A run the caller needed did not succeed; the message names the run and what failed in it."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    job: str
+    partition: str | None
+    success: bool
+    seconds: float
+    failure: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """What ingesting one file did: the ingest summary, the monitoring runs, and the batches re-measured
+    because their labels arrived."""
+
+    summary: IngestSummary
+    monitored: list[RunOutcome] = field(default_factory=list)
+    remeasured: list[RunOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """A sensor requested a run: which, for whom, on what evidence, and what the run decided."""
+
+    sensor: str
+    customer: str
+    evidence: str
+    run: RunOutcome
+    action: str | None = None
+    verdict: str | None = None
+    from_version: str | None = None
+    champion_after: str | None = None
+
+
+def _outcome(result: dg.ExecuteInProcessResult, partition: str | None, started: float) -> RunOutcome:
+    failure = None
+    if not result.success:
+        failed = [event for event in result.all_events if event.is_step_failure or event.is_failure]
+        messages = [event.message for event in failed if event.message]
+        failure = messages[0].splitlines()[0] if messages else "the run failed"
+    return RunOutcome(result.run_id, result.job_def.name, partition, result.success, time.perf_counter() - started, failure)
+
+
+class Runner:
+    """Runs the platform's jobs and sensors in this process, on one Dagster instance and one code location."""
+
+    def __init__(self, definitions: dg.Definitions, instance: dg.DagsterInstance, charts: bool = True):
+        self.defs = definitions
+        self.instance = instance
+        # Without charts, a drift report skips drawing its UI chart: a replay measures hundreds of batches.
+        self.monitor_config = None if charts else {"ops": {"drift_report": {"config": {"chart": False}}}}
+        # Resolved as a run would resolve them: production settings are `dg.EnvVar`s, which a resource only
+        # reads once Dagster has processed its config.
+        resolved = {key: definitions.resources[key].process_config_and_initialize() for key in ("warehouse", "registry", "alerts")}
+        self.warehouse: Warehouse = resolved["warehouse"].get_warehouse()
+        self.registry: ModelRegistry = resolved["registry"].get_registry()
+        self.alerts = resolved["alerts"]
+
+    @classmethod
+    @contextmanager
+    def open(cls, keep_warehouse_open: bool = False, charts: bool = True) -> Iterator[Runner]:
+        """The code location and instance of the home in `RETRAIN_HOME` / `DAGSTER_HOME`.
+
+        `keep_warehouse_open` holds a local DuckDB file open for the whole block, for work that runs many
+        jobs in a row in this process; no other process can use the file meanwhile."""
+        from retrain_platform.definitions import defs
+
+        with ExitStack() as stack:
+            database = getattr(defs.resources["warehouse"], "database", None)
+            if keep_warehouse_open and isinstance(defs.resources["warehouse"], DuckDBWarehouse):
+                stack.enter_context(duckdb_kept_open(database))
+            instance = stack.enter_context(dg.DagsterInstance.get())
+            yield cls(defs, instance, charts=charts)
+
+    def now(self, clock: Clock | None = None):
+        return (clock or self.defs.resources["clock"]).now()
+
+    # ----------------------------------------------------------------------------------------------- runs
+
+    def run_job(
+        self,
+        job_name: str,
+        partition_key: str | None,
+        run_config: dict | None = None,
+        asset_selection=None,
+        clock: Clock | None = None,
+        tags: dict | None = None,
+    ) -> RunOutcome:
+        """One real run of a project job for one partition; a failed run is returned, not raised."""
+        started = time.perf_counter()
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
+            instance=self.instance,
+            partition_key=partition_key,
+            run_config={**QUIET, **(run_config or {})},
+            asset_selection=asset_selection,
+            resources={"clock": clock} if clock is not None else None,
+            tags=tags,
+            raise_on_error=False,
+        )
+        return _outcome(result, partition_key, started)
+
+    def train(self, customer: str, trigger: str = "manual", clock: Clock | None = None, search: dict | None = None) -> RunOutcome:
+        """The training chain for one customer; `search` overrides the candidate search's settings."""
+        return self.run_job(TRAIN_JOB, customer, training_config(trigger, search), clock=clock, tags={CUSTOMER_TAG: customer})
+
+    def add_partitions(self, name: str, keys: list[str]) -> None:
+        self.instance.add_dynamic_partitions(name, keys)
+
+    def add_customer(self, spec: CustomerSpec, history: pd.DataFrame) -> None:
+        """A customer set up from a labelled history it trains on (the demo's and replay's way, without
+        onboarding's backfills): landing table, spec and partition."""
+        self.warehouse.execute(f'drop table if exists "{spec.landing_table}"')
+        self.warehouse.write(spec.landing_table, history.assign(**{BATCH_COLUMN: HISTORY_BATCH}))
+        customer_store.save_spec(self.warehouse, spec)
+        self.add_partitions(customers.name, [spec.customer])
+
+    def ingest_and_monitor(
+        self,
+        spec: CustomerSpec,
+        frame: pd.DataFrame,
+        batch_id: str | None = None,
+        monitor: bool = True,
+        clock: Clock | None = None,
+    ) -> BatchOutcome:
+        """Ingest a file, then check, score and measure its new batch, and re-measure older batches whose
+        labels it carried. Raise `RunFailed` when the new batch's monitoring fails; the batch is kept."""
+        summary = ingest(self.warehouse, spec, frame, batch_id)
+        outcome = BatchOutcome(summary)
+        new_keys = [batch_partition_key(spec.customer, summary.batch_id)] if summary.new_rows else []
+        relabelled = [
+            batch_partition_key(spec.customer, b)
+            for b in summary.batches_with_new_labels
+            if b != summary.batch_id and not is_history_batch(b)
+        ]
+        if new_keys:
+            self.add_partitions(batches.name, new_keys)
+        if not monitor:
+            return outcome
+        for key in new_keys:
+            run = self.run_job(MONITOR_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
+            outcome.monitored.append(run)
+            if not run.success:
+                raise RunFailed(f"monitoring failed for batch {key} (run {run.run_id}): {run.failure}; the batch is kept")
+        for key in relabelled:
+            run = self.run_job(REMEASURE_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
+            outcome.remeasured.append(run)
+        return outcome
+
+    def tick(
+        self,
+        sensor_names: tuple[str, ...] | list[str],
+        cursors: dict[str, str | None],
+        clock: Clock | None = None,
+        search: dict | None = None,
+    ) -> list[Firing]:
+        """Tick each sensor once at the clock's time, as the daemon would, and run what it requests."""
+        firings = []
+        resources = {"clock": clock} if clock is not None else None
+        for name in sensor_names:
+            started = time.perf_counter()
+            tick = tick_in_process(
+                self.defs,
+                name,
+                self.instance,
+                cursor=cursors.get(name),
+                resources=resources,
+                run_config=QUIET,
+                job_run_config={TRAIN_JOB: training_config(None, search)} if search else None,
+            )
+            cursors[name] = tick.cursor
+            for request, result in tick.runs:
+                customer = request.tags[CUSTOMER_TAG]
+                run = _outcome(result, request.partition_key, started)
+                started = time.perf_counter()
+                rows = ledger.history(self.warehouse, customer)
+                rows = rows[rows["dagster_run_id"] == result.run_id]
+                row = rows.iloc[-1] if len(rows) else None
+                firings.append(
+                    Firing(
+                        sensor=name,
+                        customer=customer,
+                        evidence=request.tags.get(EVIDENCE_TAG, ""),
+                        run=run,
+                        action=None if row is None else row["action"],
+                        verdict=None if row is None else row["verdict"],
+                        from_version=None if row is None else row["from_version"],
+                        champion_after=None if row is None else row["champion_after"],
+                    )
+                )
+        return firings
+
+    def champion(self, spec: CustomerSpec) -> str | None:
+        return self.registry.alias_version(spec.model_name, CHAMPION)
+
+    # ------------------------------------------------------------------------------------------ onboarding
+
+    def register_onboarding(self, request: onboarding.OnboardingRequest, source: Path) -> onboarding.Registration:
+        """Validate a history file, load it, add the partitions and record the request; the sensors do the rest."""
+        from retrain_platform.ingest import read_source
+
+        onboarding.check_customer_free(self.warehouse, request.customer, request.reuse)
+        prepared = onboarding.prepare(read_source(source), request)
+        spec = prepared.spec
+        if request.reuse:
+            previous = customer_store.load_spec(self.warehouse, request.customer)
+            champion = self.registry.alias_version(spec.model_name, CHAMPION)
+            if champion is not None and (previous.kinds != spec.kinds or previous.task != spec.task):
+                raise onboarding.OnboardingError(
+                    f"{request.customer}: its champion (version {champion}) was trained on other columns or another "
+                    "task; onboard the new data under a new customer id"
+                )
+        now = onboarding.utc_now()
+        archived = onboarding.load_history(self.warehouse, prepared, now)
+        add_customer_partitions(self.instance, spec.customer, prepared.batch_ids)
+        onboarding.record(
+            self.warehouse,
+            spec.customer,
+            onboarding.REQUESTED,
+            now,
+            mode=spec.mode,
+            source=str(Path(source).resolve()),
+            rows=len(prepared.history),
+            labelled_rows=prepared.labelled_rows,
+            batches=len(prepared.batch_ids),
+            batch_period=prepared.period,
+            requested_at=now,
+            message="waiting for the onboarding sensors",
+        )
+        return onboarding.Registration(prepared=prepared, requested_at=now, archived_table=archived)
+
+    def offboard(self, spec: CustomerSpec) -> tuple[list[str], int]:
+        """Cancel the customer's onboarding backfills and remove its partitions; data, models and ledger stay.
+        Returns the cancelled backfills and the number of batch partitions removed."""
+        state = onboarding.status(self.warehouse, spec.customer)
+        if state is not None and state["status"] == onboarding.OFFBOARDED:
+            raise onboarding.OnboardingError(f"{spec.customer} is already offboarded")
+        cancelled = cancel_onboarding_backfills(self.instance, spec.customer)
+        removed = remove_customer_partitions(self.instance, spec.customer)
+        message = "offboarded: no schedule or sensor acts for it; data, models and ledger are kept"
+        onboarding.record(self.warehouse, spec.customer, onboarding.OFFBOARDED, self.now(), message=message)
+        return cancelled, removed
+
+    def onboarding_backfills(self, customer: str) -> list[dict]:
+        """The latest backfill of each onboarding stage with its runs' statuses."""
+        recorded = onboarding.status(self.warehouse, customer) or {}
+        key = onboarding_id(customer, recorded.get("requested_at"))
+        found = []
+        for stage in (TRAINING_STAGE, HISTORY_STAGE):
+            for backfill in stage_backfills(self.instance, key, stage)[:1]:
+                runs = self.instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+                found.append(
+                    {
+                        "stage": stage,
+                        "backfill_id": backfill.backfill_id,
+                        "status": backfill.status.value,
+                        "runs": len(runs),
+                        "run_statuses": sorted({record.dagster_run.status.value for record in runs}),
+                    }
+                )
+        return found
+
+    def holdout_start(self, customer: str) -> str | None:
+        """Where the latest training's holdout begins (from the `features` materialization)."""
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("features"), asset_partitions=[customer]), limit=1
+        ).records
+        if not records or records[0].asset_materialization is None:
+            return None
+        entry = records[0].asset_materialization.metadata.get("holdout_starts")
+        return entry.value if entry is not None else None
+
+
+def training_config(trigger: str | None, search: dict | None = None) -> dict:
+    """Run config of `train_customer`: why it runs, and optionally a different candidate search."""
+    config: dict = {"ops": {}}
+    for op in TRAINING_OPS_WITH_TRIGGER:
+        op_config = {"trigger": trigger} if trigger is not None else {}
+        if op == "candidate_models" and search:
+            op_config.update(search)
+        if op_config:
+            config["ops"][op] = {"config": op_config}
+    return config
+
+
+def wait_for_onboarding(
+    home: Home,
+    key: str,
+    recorded: Callable[[], str | None],
+    timeout_seconds: float,
+    on_progress: Callable[[str], None],
+    poll_seconds: float = 3.0,
+    record_seconds: float = 120.0,
+) -> str:
+    """Block until onboarding `key` is ready or failed, with a daemon shared by every command that waits.
+
+    The backfills' records say when the work is done; the daemon stays until the onboarding sensor has also
+    recorded it (`recorded()` reads the onboarding table) and sent its alert, or `status` would lag behind.
+    Raise `TimeoutError` after `timeout_seconds` and `DaemonStopped` if the daemon dies.
+    """
+    started, last, record_deadline = time.monotonic(), None, None
+    with SharedDaemon(home) as daemon:
+        if daemon.started_here:
+            on_progress(f"started a Dagster daemon for this wait (log: {daemon.log_path})")
+        with dg.DagsterInstance.get() as instance:
+            while True:
+                state, text = onboarding_progress(instance, key)
+                if (state, text) != last:
+                    last = (state, text)
+                    on_progress(f"[{time.monotonic() - started:5.0f} s] {state}: {text}")
+                if state in (onboarding.READY, onboarding.FAILED):
+                    if recorded() == state:
+                        return state
+                    record_deadline = record_deadline or time.monotonic() + record_seconds
+                    if time.monotonic() > record_deadline:
+                        on_progress(f"the onboarding sensor has not recorded {state} yet; `status` shows it once a daemon runs")
+                        return state
+                elif time.monotonic() - started > timeout_seconds:
+                    raise TimeoutError(f"onboarding {key} not finished after {timeout_seconds:.0f} s; it goes on in the UI")
+                daemon.ensure()
+                time.sleep(poll_seconds)
+
+
+def with_warehouse_retry(read, attempts: int = 20, delay_seconds: float = 3.0):
+    """A read made while runs write: DuckDB's single writer may hold the file for a while."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except Exception as error:
+            if "lock" not in str(error).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(delay_seconds)
+
+
+def automated_changes(warehouse: Warehouse, exclude_trigger_prefix: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ledger rows the sensors caused (not those whose trigger starts with the prefix) and every alert."""
+    history = ledger.history(warehouse)
+    automated = history[~history["trigger"].astype(str).str.startswith(exclude_trigger_prefix)]
+    return automated.reset_index(drop=True), alerts.history(warehouse)
+

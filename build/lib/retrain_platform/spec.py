@@ -1,0 +1,260 @@
+"""Customer specs: what a customer's data looks like and how its model is judged.
+
+A spec is the only thing the platform needs to know about a tabular dataset. Anything the user does not
+say (feature kinds, the task, the primary metric) is inferred from the data by `complete_spec`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CUSTOMER_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+Task = Literal["binary", "multiclass", "regression"]
+FeatureKind = Literal["numeric", "categorical"]
+Mode = Literal["auto", "approve", "alert"]
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2", "calibration_slope")
+DEFAULT_PRIMARY_METRIC = {"binary": "roc_auc", "multiclass": "f1", "regression": "rmse"}
+
+# A numeric label with at most this many distinct values is read as classes, not as a quantity.
+MAX_CLASSES_FOR_INFERENCE = 20
+
+
+class SpecError(ValueError):
+    """A spec or a customer id is invalid; the message names the field and the problem."""
+
+
+def validate_customer_id(customer: str) -> str:
+    if not isinstance(customer, str) or not CUSTOMER_ID_PATTERN.fullmatch(customer):
+        raise SpecError(
+            f"invalid customer id {customer!r}: use 1 to 63 characters from a-z, 0-9, '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return customer
+
+
+def validate_identifier(name: str, field: str) -> str:
+    """Table and column names reach SQL, so only plain identifiers are accepted."""
+    if not isinstance(name, str) or not IDENTIFIER_PATTERN.fullmatch(name):
+        raise SpecError(f"{field}: {name!r} is not a plain identifier (letters, digits and '_')")
+    return name
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: FeatureKind
+    allowed_values: list[str] | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return validate_identifier(value, "features.name")
+
+
+class PromotionThresholds(BaseModel):
+    """When a challenger may replace the champion (MLflow `MetricThreshold` semantics).
+
+    `floor` is the absolute bound on the primary metric (a minimum, or a maximum for error metrics);
+    `min_absolute_change` and `min_relative_change` are the improvement over the champion that a
+    challenger must show; `secondary_tolerance` is how much any other metric may get worse.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    floor: float | None = None
+    min_absolute_change: float = Field(default=0.0, ge=0.0)
+    min_relative_change: float = Field(default=0.0, ge=0.0)
+    secondary_tolerance: float = Field(default=0.02, ge=0.0)
+    bootstrap_rounds: int = Field(default=500, ge=50, le=20_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
+class AutomationSettings(BaseModel):
+    """When the platform reacts on its own: the retraining triggers, their cooldown and automatic rollback.
+
+    `drift_consecutive_batches` is how many of the latest batches (measured by the current champion) must
+    all show dataset drift; `cooldown_hours` is the least time between two trainings, whatever triggered
+    them; `new_labels_threshold` is how many labelled rows a training would add before one is requested;
+    `min_labelled_rows` is how many labels a batch needs for its realized metric to count (below it, the
+    label-free estimate is used); a freshly promoted champion whose realized primary metric is worse than
+    the previous champion's by more than `rollback_tolerance` (in the metric's units) over its first
+    `rollback_batches` labelled batches is rolled back; `scheduled_retraining` takes the customer into
+    the weekly retraining schedule.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    drift_consecutive_batches: int = Field(default=2, ge=1, le=100)
+    cooldown_hours: float = Field(default=24.0, ge=0.0)
+    new_labels_threshold: int = Field(default=1000, ge=1)
+    min_labelled_rows: int = Field(default=100, ge=1)
+    rollback_tolerance: float = Field(default=0.02, ge=0.0)
+    rollback_batches: int = Field(default=1, ge=1, le=100)
+    scheduled_retraining: bool = True
+
+
+class CustomerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer: str
+    landing_table: str
+    timestamp_column: str
+    label_column: str
+    id_column: str | None = None
+    label_values: list[str | int | bool] | None = None
+    features: list[FeatureSpec] | None = None
+    task: Task | None = None
+    primary_metric: str | None = None
+    thresholds: PromotionThresholds = Field(default_factory=PromotionThresholds)
+    training_window_days: int = Field(default=365, ge=1)
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    min_training_rows: int = Field(default=200, ge=10)
+    drift_thresholds: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of retrain_platform.drift.DriftThresholds, including per_feature ones",
+    )
+    mode: Mode = "auto"
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+
+    @field_validator("customer")
+    @classmethod
+    def _customer_id(cls, value: str) -> str:
+        return validate_customer_id(value)
+
+    @field_validator("landing_table", "timestamp_column", "label_column", "id_column")
+    @classmethod
+    def _identifiers(cls, value: str | None, info) -> str | None:
+        return None if value is None else validate_identifier(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CustomerSpec:
+        reserved = {self.timestamp_column, self.label_column, self.id_column} - {None}
+        if self.features is not None:
+            names = [f.name for f in self.features]
+            if len(set(names)) != len(names):
+                raise ValueError("features: a column is listed twice")
+            clash = reserved.intersection(names)
+            if clash:
+                raise ValueError(f"features: {sorted(clash)} is also the timestamp, label or id column")
+            if not names:
+                raise ValueError("features: at least one feature column is needed")
+        if self.primary_metric is not None:
+            allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
+            if self.task is None:
+                allowed = CLASSIFICATION_METRICS + REGRESSION_METRICS
+            if self.primary_metric not in allowed:
+                raise ValueError(f"primary_metric: {self.primary_metric!r} is not one of {list(allowed)}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features or []]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [f.name for f in self.features or [] if f.kind == "numeric"]
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [f.name for f in self.features or [] if f.kind == "categorical"]
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {f.name: f.kind for f in self.features or []}
+
+    @property
+    def allowed_categories(self) -> dict[str, list]:
+        """Declared value sets: for categorical features, and for the label of a classification task."""
+        allowed: dict[str, list] = {f.name: f.allowed_values for f in self.features or [] if f.allowed_values}
+        if self.label_values:
+            allowed[self.label_column] = list(self.label_values)
+        return allowed
+
+    @property
+    def numeric_ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        return {
+            f.name: (f.min_value, f.max_value)
+            for f in self.features or []
+            if f.min_value is not None or f.max_value is not None
+        }
+
+    @property
+    def model_name(self) -> str:
+        """The registered MLflow model that holds this customer's versions."""
+        return f"retrain-{self.customer}"
+
+
+def parse_spec(data: dict) -> CustomerSpec:
+    """Validate a spec from plain data; the error names the field that is wrong."""
+    try:
+        return CustomerSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "spec"
+            message = error["msg"].removeprefix("Value error, ")
+            message = message.removeprefix(f"{where}: ")
+            problems.append(f"{where}: {message}")
+        raise SpecError("invalid customer spec: " + "; ".join(problems)) from None
+
+
+def infer_task(labels: pd.Series) -> Task:
+    labels = labels.dropna()
+    distinct = labels.nunique()
+    if distinct < 2:
+        raise SpecError(f"label_column: the label has {distinct} distinct value(s); at least 2 are needed")
+    if distinct == 2:
+        return "binary"
+    numeric = pd.api.types.is_numeric_dtype(labels) and not pd.api.types.is_bool_dtype(labels)
+    if numeric:
+        integral = bool((labels == labels.round()).all())
+        if not integral or distinct > MAX_CLASSES_FOR_INFERENCE:
+            return "regression"
+    return "multiclass"
+
+
+def infer_kind(values: pd.Series) -> FeatureKind:
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return "categorical"
+    return "numeric"
+
+
+def complete_spec(spec: CustomerSpec, sample: pd.DataFrame) -> CustomerSpec:
+    """Fill in what the spec left out (features, kinds, task, primary metric) from a data sample."""
+    reserved = {spec.timestamp_column, spec.label_column, spec.id_column} - {None}
+    for field, column in (
+        ("timestamp_column", spec.timestamp_column),
+        ("label_column", spec.label_column),
+        ("id_column", spec.id_column),
+    ):
+        if column is not None and column not in sample.columns:
+            raise SpecError(f"{field}: column {column!r} is not in the data (columns: {list(sample.columns)})")
+    if spec.features is None:
+        features = [
+            FeatureSpec(name=column, kind=infer_kind(sample[column]))
+            for column in sample.columns
+            if column not in reserved
+        ]
+        if not features:
+            raise SpecError("features: the data has no column besides the timestamp, label and id")
+    else:
+        missing = [f.name for f in spec.features if f.name not in sample.columns]
+        if missing:
+            raise SpecError(f"features: column(s) {missing} are not in the data")
+        features = spec.features
+    task = spec.task or infer_task(sample[spec.label_column])
+    primary = spec.primary_metric or DEFAULT_PRIMARY_METRIC[task]
+    return parse_spec(
+        {**spec.model_dump(), "features": [f.model_dump() for f in features], "task": task, "primary_metric": primary}
+    )

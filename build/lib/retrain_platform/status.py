@@ -1,0 +1,67 @@
+"""Where every customer stands: mode, champion and its holdout metric, last verdict, promotions."""
+
+from __future__ import annotations
+
+from retrain_platform import customers, ledger, onboarding
+from retrain_platform.registry import CHAMPION, ModelRegistry
+from retrain_platform.warehouse import Warehouse
+
+STATUS_KEYS = (
+    "customer",
+    "mode",
+    "champion_version",
+    "primary_metric",
+    "champion_metric",
+    "last_verdict",
+    "promotions",
+    "onboarding",
+)
+HOLDOUT_TAG_PREFIX = "holdout_"
+
+
+def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]:
+    history = ledger.history(warehouse)
+    states = onboarding.all_statuses(warehouse)
+    onboarding_state = dict(zip(states["customer"], states["status"]))
+    rows = []
+    for spec in customers.list_specs(warehouse):
+        champion = registry.alias_version(spec.model_name, CHAMPION)
+        metric = None
+        if champion is not None:
+            tag = registry.version_tags(spec.model_name, champion).get(HOLDOUT_TAG_PREFIX + spec.primary_metric)
+            metric = float(tag) if tag is not None else None
+        mine = history[history["customer"] == spec.customer]
+        rows.append(
+            {
+                "customer": spec.customer,
+                "mode": spec.mode,
+                "champion_version": champion,
+                "primary_metric": spec.primary_metric,
+                "champion_metric": metric,
+                "last_verdict": None if mine.empty else str(mine["verdict"].iloc[-1]),
+                "promotions": int(mine["action"].isin(["promote", "approve"]).sum()),
+                # Customers set up before `onboard` existed (the demo) have no onboarding record: they are live.
+                "onboarding": onboarding_state.get(spec.customer, onboarding.READY),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no customers yet: run `retrain-platform demo` or onboard one"
+    header = list(STATUS_KEYS)
+    cells = [[_cell(row[key]) for key in header] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,416 @@
+"""When to retrain and when to roll back: decisions over evidence the monitoring stage left in the warehouse.
+
+The decisions are pure functions of their evidence and of `now`, which is always an argument: nothing here
+reads the wall clock, so the sensors that call these functions can be replayed over a dataset's history at
+simulated times. The readers at the bottom fetch the evidence (drift per batch, metrics per batch, the
+ledger, new labelled rows) with a few small queries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from retrain_platform import ledger, monitoring
+from retrain_platform.evaluation import GREATER_IS_BETTER, comparable_value, improvement
+from retrain_platform.ingest import HISTORY_BATCH, HISTORY_PREFIX
+from retrain_platform.spec import CustomerSpec
+from retrain_platform.warehouse import Warehouse, quote
+
+DRIFT = "drift"
+PERFORMANCE = "performance"
+NEW_LABELS = "new_labels"
+SCHEDULE = "schedule"
+AUTO_ROLLBACK = "auto_rollback"
+
+# Ledger actions written by a training run (deployed_model), as opposed to a person's approval or a rollback.
+TRAINING_ACTIONS = ("promote", "await_approval", "hold", "reject", "alert")
+CHAMPION_MOVES = ("promote", "approve", "rollback")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A reason to act, with the evidence that identifies it: the same evidence gives the same run key."""
+
+    kind: str
+    customer: str
+    evidence_key: str
+    reason: str
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.kind}:{self.customer}:{self.evidence_key}"
+
+    @property
+    def text(self) -> str:
+        """What the ledger's `trigger` column and the MLflow tags record."""
+        return f"{self.kind}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------------------------- evidence
+
+
+@dataclass(frozen=True)
+class BatchDrift:
+    """One measured batch, as the drift sensor sees it."""
+
+    batch_id: str
+    batch_start: datetime | None
+    drift_share: float
+    dataset_drifted: bool
+    drifted_columns: str
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class BatchMetric:
+    """The champion's primary metric on one batch: realized on labelled rows, and the label-free estimate."""
+
+    batch_id: str
+    model_version: str
+    metric: str
+    realized: float | None
+    estimated: float | None
+    labelled_rows: int
+
+
+@dataclass(frozen=True)
+class ShadowComparison:
+    """The champion and the previous champion scored on the same labelled rows of one batch."""
+
+    batch_id: str
+    labelled_rows: int
+    champion_version: str
+    champion_value: float
+    previous_version: str
+    previous_value: float
+
+
+@dataclass(frozen=True)
+class LastTraining:
+    recorded_at: datetime
+    dagster_run_id: str | None
+
+
+@dataclass(frozen=True)
+class ChampionMove:
+    """The latest change of champion the ledger records."""
+
+    action: str
+    from_version: str | None
+    to_version: str | None
+    recorded_at: datetime
+
+
+# --------------------------------------------------------------------------------------------- decisions
+
+
+def drift_trigger(
+    customer: str, latest_first: list[BatchDrift], consecutive: int, dataset_share: float
+) -> Trigger | None:
+    """Fire when each of the `consecutive` latest batches (measured by the current champion) drifted."""
+    recent = latest_first[:consecutive]
+    if len(recent) < consecutive or not all(batch.dataset_drifted for batch in recent):
+        return None
+    ordered = list(reversed(recent))
+    version = ordered[-1].model_version
+    shares = ", ".join(f"{b.batch_id} {b.drift_share:.0%} ({_first_names(b.drifted_columns)})" for b in ordered)
+    return Trigger(
+        kind=DRIFT,
+        customer=customer,
+        evidence_key="+".join(b.batch_id for b in ordered) + f"@v{version}",
+        reason=(
+            f"dataset drift in {consecutive} consecutive batches against champion v{version}: {shares}; "
+            f"thresholds: {consecutive} batches, dataset drifts at >= {dataset_share:.0%} of features"
+        ),
+    )
+
+
+def is_below_floor(metric: str, value: float, floor: float) -> bool:
+    """Worse than the floor: below it, or above it for error metrics (the floor is then a ceiling)."""
+    compared = comparable_value(metric, value)
+    if GREATER_IS_BETTER[metric]:
+        return compared < floor
+    return compared > floor
+
+
+def performance_trigger(
+    customer: str, latest: BatchMetric | None, floor: float | None, min_labelled_rows: int
+) -> Trigger | None:
+    """Fire when the champion's realized primary metric on the latest batch (its label-free estimate when too
+    few labels have arrived) is worse than the customer's floor."""
+    if latest is None or floor is None:
+        return None
+    if latest.realized is not None and latest.labelled_rows >= min_labelled_rows and math.isfinite(latest.realized):
+        value, kind = latest.realized, "realized"
+    elif latest.estimated is not None and math.isfinite(latest.estimated):
+        value, kind = latest.estimated, "estimated"
+    else:
+        return None
+    if not is_below_floor(latest.metric, value, floor):
+        return None
+    relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
+    return Trigger(
+        kind=PERFORMANCE,
+        customer=customer,
+        evidence_key=f"{latest.batch_id}@v{latest.model_version}:{kind}",
+        reason=(
+            f"{kind} {latest.metric} {value:.4f} of champion v{latest.model_version} on batch {latest.batch_id} "
+            f"({latest.labelled_rows:,} labelled rows) is {relation} {floor:g}; "
+            f"realized needs >= {min_labelled_rows:,} labelled rows"
+        ),
+    )
+
+
+def new_labels_trigger(
+    customer: str, new_rows: int, threshold: int, last_training: LastTraining | None
+) -> Trigger | None:
+    """Fire when a training would add at least `threshold` labelled rows to the last training's snapshot.
+
+    A customer never trained is left to its onboarding: the first training is not this trigger's call."""
+    if last_training is None or new_rows < threshold:
+        return None
+    since = last_training.dagster_run_id or last_training.recorded_at.isoformat()
+    return Trigger(
+        kind=NEW_LABELS,
+        customer=customer,
+        evidence_key=f"since-{since}",
+        reason=(
+            f"{new_rows:,} new labelled rows since the training of {last_training.recorded_at:%Y-%m-%d %H:%M} "
+            f"(run {since[:8]}); threshold {threshold:,}"
+        ),
+    )
+
+
+def cooldown_ends(last_training: LastTraining | None, cooldown_hours: float) -> datetime | None:
+    if last_training is None:
+        return None
+    return last_training.recorded_at + timedelta(hours=cooldown_hours)
+
+
+def in_cooldown(last_training: LastTraining | None, now: datetime, cooldown_hours: float) -> bool:
+    """True while less than `cooldown_hours` have passed since the last training."""
+    ends = cooldown_ends(last_training, cooldown_hours)
+    return ends is not None and now < ends
+
+
+def rollback_trigger(
+    customer: str,
+    metric: str,
+    move: ChampionMove | None,
+    champion_version: str | None,
+    comparisons: list[ShadowComparison],
+    batches_needed: int,
+    min_labelled_rows: int,
+    tolerance: float,
+) -> Trigger | None:
+    """Fire when the champion that the latest promotion (or approval) put in place does worse than the one it
+    replaced, by more than `tolerance`, over its first `batches_needed` labelled batches.
+
+    Only the first batches after the promotion are judged, so the decision is made once; a rollback is not
+    itself judged (that would flip the champion back and forth)."""
+    if move is None or move.action not in ("promote", "approve") or move.from_version is None:
+        return None
+    if champion_version is None or move.to_version != champion_version:
+        return None
+    usable = [
+        c
+        for c in comparisons
+        if c.champion_version == champion_version
+        and c.previous_version == move.from_version
+        and c.labelled_rows >= min_labelled_rows
+        and math.isfinite(c.champion_value)
+        and math.isfinite(c.previous_value)
+    ][:batches_needed]
+    if len(usable) < batches_needed:
+        return None
+    weights = [c.labelled_rows for c in usable]
+    champion_mean = sum(w * c.champion_value for w, c in zip(weights, usable)) / sum(weights)
+    previous_mean = sum(w * c.previous_value for w, c in zip(weights, usable)) / sum(weights)
+    shortfall = -float(improvement(metric, champion_mean, previous_mean))
+    if shortfall <= tolerance:
+        return None
+    batches = "+".join(c.batch_id for c in usable)
+    return Trigger(
+        kind=AUTO_ROLLBACK,
+        customer=customer,
+        evidence_key=f"v{champion_version}-vs-v{move.from_version}:{batches}",
+        reason=(
+            f"champion v{champion_version} realized {metric} {champion_mean:.4f} vs {previous_mean:.4f} for the "
+            f"previous champion v{move.from_version} on {batches.replace('+', ', ')} "
+            f"({sum(weights):,} labelled rows): worse by {shortfall:.4f} > tolerance {tolerance:g}"
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- readers
+
+# An onboarded history is a backtest of the model trained on it: evidence only comes from batches that arrived.
+def not_history(alias: str = "") -> str:
+    column = f"{alias}.batch_id" if alias else "batch_id"
+    return f"{column} <> ? and {column} not like ?"
+
+
+NOT_HISTORY_PARAMS = (HISTORY_BATCH, HISTORY_PREFIX + "%")
+
+
+def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit: int) -> list[BatchDrift]:
+    """The latest measured batches (by the time their rows describe) that `model_version` scored, newest first."""
+    if not warehouse.table_exists(monitoring.DRIFT_BATCHES_TABLE):
+        return []
+    frame = warehouse.query(
+        f"select * from {quote(monitoring.DRIFT_BATCHES_TABLE)} where customer = ? and model_version = ? "
+        f"and {not_history()} order by batch_start desc, batch_id desc limit {int(limit)}",
+        [customer, str(model_version), *NOT_HISTORY_PARAMS],
+    )
+    return [
+        BatchDrift(
+            batch_id=str(row.batch_id),
+            batch_start=None if pd.isna(row.batch_start) else pd.Timestamp(row.batch_start).to_pydatetime(),
+            drift_share=float(row.drift_share),
+            dataset_drifted=_true(row.dataset_drifted),
+            drifted_columns=str(row.drifted_columns or ""),
+            model_version=str(row.model_version),
+        )
+        for row in frame.itertuples()
+    ]
+
+
+def latest_metric(warehouse: Warehouse, customer: str, metric: str, model_version: str) -> BatchMetric | None:
+    """The champion's `metric` on the latest batch it scored and that has been measured."""
+    if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
+        return None
+    frame = warehouse.query(
+        f"select m.batch_id, m.kind, m.value, m.labelled_rows from {quote(monitoring.METRICS_TABLE)} m "
+        f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
+        "where m.customer = ? and m.metric = ? and m.model_role = ? and m.model_version = ? "
+        f"and {not_history('m')} order by d.batch_start desc, m.batch_id desc",
+        [customer, metric, monitoring.CHAMPION_ROLE, str(model_version), *NOT_HISTORY_PARAMS],
+    )
+    if frame.empty:
+        return None
+    batch = frame["batch_id"].iloc[0]
+    rows = frame[frame["batch_id"] == batch]
+    values = dict(zip(rows["kind"], rows["value"].astype(float)))
+    return BatchMetric(
+        batch_id=str(batch),
+        model_version=str(model_version),
+        metric=metric,
+        realized=values.get("realized"),
+        estimated=values.get("estimated"),
+        labelled_rows=int(rows["labelled_rows"].iloc[0]),
+    )
+
+
+def shadow_comparisons(warehouse: Warehouse, customer: str, metric: str) -> list[ShadowComparison]:
+    """Per measured batch, oldest first: the champion's and the previous champion's realized `metric`."""
+    if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
+        return []
+    frame = warehouse.query(
+        f"select m.batch_id, m.model_role, m.model_version, m.value, m.labelled_rows, d.batch_start "
+        f"from {quote(monitoring.METRICS_TABLE)} m "
+        f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
+        f"where m.customer = ? and m.metric = ? and m.kind = 'realized' and m.model_role in (?, ?) and {not_history('m')}",
+        [customer, metric, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE, *NOT_HISTORY_PARAMS],
+    )
+    comparisons = []
+    for (batch, start), rows in frame.groupby(["batch_id", "batch_start"], sort=False, dropna=False):
+        by_role = {row.model_role: row for row in rows.itertuples()}
+        champion, previous = by_role.get(monitoring.CHAMPION_ROLE), by_role.get(monitoring.PREVIOUS_CHAMPION_ROLE)
+        if champion is None or previous is None:
+            continue
+        comparisons.append(
+            (
+                start,
+                ShadowComparison(
+                    batch_id=str(batch),
+                    labelled_rows=int(champion.labelled_rows),
+                    champion_version=str(champion.model_version),
+                    champion_value=float(champion.value),
+                    previous_version=str(previous.model_version),
+                    previous_value=float(previous.value),
+                ),
+            )
+        )
+    comparisons.sort(
+        key=lambda pair: (pd.Timestamp.min if pd.isna(pair[0]) else pd.Timestamp(pair[0]), pair[1].batch_id)
+    )
+    return [comparison for _, comparison in comparisons]
+
+
+def last_training(warehouse: Warehouse, customer: str) -> LastTraining | None:
+    """When the customer's model was last trained (any verdict), from the ledger."""
+    history = ledger.history(warehouse, customer)
+    trainings = history[history["action"].isin(TRAINING_ACTIONS)]
+    if trainings.empty:
+        return None
+    row = trainings.iloc[-1]
+    return LastTraining(
+        recorded_at=pd.Timestamp(row["recorded_at"]).to_pydatetime(), dagster_run_id=_text(row["dagster_run_id"])
+    )
+
+
+def last_champion_move(warehouse: Warehouse, customer: str) -> ChampionMove | None:
+    history = ledger.history(warehouse, customer)
+    moves = history[history["action"].isin(CHAMPION_MOVES)]
+    if moves.empty:
+        return None
+    row = moves.iloc[-1]
+    return ChampionMove(
+        action=str(row["action"]),
+        from_version=_text(row["from_version"]),
+        to_version=_text(row["champion_after"]),
+        recorded_at=pd.Timestamp(row["recorded_at"]).to_pydatetime(),
+    )
+
+
+def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: str) -> int:
+    """Labelled rows a training now would add to the last snapshot: inside the training window and not in
+    the snapshot (by id, or after its latest timestamp when the customer has no id column). Labels people add
+    later to old rows count too: that is the expert-labelling loop."""
+    landing, timestamp, label = quote(spec.landing_table), quote(spec.timestamp_column), quote(spec.label_column)
+    if not warehouse.table_exists(spec.landing_table) or not warehouse.table_exists(snapshot_table):
+        return 0
+    latest = warehouse.query(f"select max({timestamp}) as latest from {landing} where {label} is not null")
+    latest = latest["latest"].iloc[0]
+    if pd.isna(latest):
+        return 0
+    window_start = pd.Timestamp(latest) - pd.Timedelta(days=spec.training_window_days)
+    snapshot = quote(snapshot_table)
+    if spec.id_column:
+        key = quote(spec.id_column)
+        unseen = f"not exists (select 1 from {snapshot} s where s.customer = ? and s.{key} = l.{key})"
+        params = [window_start.to_pydatetime(), spec.customer]
+    else:
+        unseen = f"l.{timestamp} > (select max(s.{timestamp}) from {snapshot} s where s.customer = ?)"
+        params = [window_start.to_pydatetime(), spec.customer]
+    frame = warehouse.query(
+        f"select count(*) as n from {landing} l where l.{label} is not null and l.{timestamp} >= ? and {unseen}",
+        params,
+    )
+    return int(frame["n"].iloc[0])
+
+
+def _first_names(columns: str, shown: int = 3) -> str:
+    """A batch's drifted columns for one line of evidence: the first few and how many more."""
+    names = [name for name in columns.split(", ") if name]
+    if not names:
+        return "-"
+    return ", ".join(names[:shown]) + (f" +{len(names) - shown} more" if len(names) > shown else "")
+
+
+def _tables_exist(warehouse: Warehouse, *tables: str) -> bool:
+    return all(warehouse.table_exists(table) for table in tables)
+
+
+def _true(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return bool(value)
+
+
+def _text(value) -> str | None:
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
