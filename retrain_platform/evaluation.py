@@ -114,12 +114,14 @@ class ModelOutput:
 
     Classification: `proba` is n x len(classes) with columns in the order of `classes` (as sklearn's
     `predict_proba` and `classes_`), `y_pred` the predicted labels; for a binary task the positive class
-    is `classes[1]`. Regression: `y_pred` holds the predicted values and `proba`, `classes` are None.
+    is `classes[1]`, and `threshold` the model's own cut-off for it when it has one (None: 0.5).
+    Regression: `y_pred` holds the predicted values and `proba`, `classes` are None.
     """
 
     y_pred: np.ndarray
     proba: np.ndarray | None = None
     classes: np.ndarray | None = None
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         y_pred = np.asarray(self.y_pred)
@@ -145,8 +147,9 @@ class ModelOutput:
         object.__setattr__(self, "classes", classes)
 
     @classmethod
-    def from_proba(cls, proba: Any, classes: Sequence[Any]) -> ModelOutput:
-        """Classification output whose predicted label is the most probable class.
+    def from_proba(cls, proba: Any, classes: Sequence[Any], threshold: float | None = None) -> ModelOutput:
+        """Classification output whose predicted label is the most probable class, or for a binary model
+        with a decision threshold of its own, `classes[1]` wherever its probability reaches the threshold.
 
         A one-dimensional `proba` with two classes is read as the probability of `classes[1]`.
         """
@@ -154,7 +157,7 @@ class ModelOutput:
         proba = np.asarray(proba, dtype=float)
         if proba.ndim == 1:
             proba = np.column_stack([1.0 - proba, proba])
-        return cls(y_pred=classes[np.argmax(proba, axis=1)], proba=proba, classes=classes)
+        return cls(y_pred=predicted_labels(proba, classes, threshold), proba=proba, classes=classes, threshold=threshold)
 
     @classmethod
     def from_values(cls, values: Any) -> ModelOutput:
@@ -166,10 +169,19 @@ class ModelOutput:
         """Run a fitted sklearn-style estimator (or pipeline) on the holdout features."""
         if task == "regression":
             return cls.from_values(estimator.predict(X))
-        return cls(y_pred=estimator.predict(X), proba=estimator.predict_proba(X), classes=estimator.classes_)
+        threshold = getattr(estimator, "threshold", None)
+        return cls.from_proba(estimator.predict_proba(X), estimator.classes_, threshold if task == "binary" else None)
 
     def __len__(self) -> int:
         return len(self.y_pred)
+
+
+def predicted_labels(proba: np.ndarray, classes: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The label each row gets: the most probable class, or for two classes and a threshold, the positive
+    class (`classes[1]`) wherever its probability reaches the threshold."""
+    if threshold is not None and len(classes) == 2:
+        return classes[(proba[:, 1] >= threshold).astype(int)]
+    return classes[np.argmax(proba, axis=1)]
 
 
 def _check_inputs(task: Task, y_true: Any, output: ModelOutput) -> np.ndarray:
@@ -774,6 +786,8 @@ class EvaluationReport:
     verdict: Verdict
     thresholds: PromotionThresholds
     holdout_rows: int
+    # The cut-off each binary model predicts the positive class at (None: 0.5, a model without its own).
+    decision_thresholds: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def gates(self) -> list[Gate]:
@@ -802,7 +816,16 @@ class EvaluationReport:
             "summary": self.verdict.summary,
             "gates": [gate.to_dict() for gate in self.gates],
             "thresholds": self.thresholds.model_dump(),
+            "decision_thresholds": self.decision_thresholds,
         }
+
+    def _threshold_lines(self) -> list[str]:
+        if not self.decision_thresholds:
+            return []
+        shown = ", ".join(
+            f"{role} {'0.5 (default)' if value is None else _format(value)}" for role, value in self.decision_thresholds.items()
+        )
+        return [f"Decision thresholds (threshold metrics are computed at each model's own): {shown}.", ""]
 
     def to_markdown(self) -> str:
         """Metrics table, gates table and the verdict line, for the Dagster UI."""
@@ -817,6 +840,7 @@ class EvaluationReport:
             "",
             f"Task `{self.task}`, primary metric **{self.primary_metric}**, holdout of {self.holdout_rows:,} rows.",
             "",
+            *self._threshold_lines(),
             "| metric | champion | challenger | difference (+ = challenger better) |",
             "|---|---:|---:|---:|",
         ]
@@ -886,4 +910,10 @@ def evaluate(
         verdict=verdict,
         thresholds=thresholds,
         holdout_rows=len(challenger_output),
+        decision_thresholds=(
+            {"challenger": challenger_output.threshold}
+            | ({"champion": champion_output.threshold} if champion_output is not None else {})
+            if task == "binary"
+            else {}
+        ),
     )

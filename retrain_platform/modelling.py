@@ -8,6 +8,7 @@ Hyper-parameters are searched under time-series cross-validation: a fold never t
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import time
 from dataclasses import dataclass, field
@@ -26,11 +27,19 @@ from sklearn.ensemble import (
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import RandomizedSearchCV, TimeSeriesSplit
+from sklearn.base import clone
+from sklearn.metrics import f1_score, get_scorer, make_scorer, precision_score, recall_score
+from sklearn.model_selection import (
+    FixedThresholdClassifier,
+    RandomizedSearchCV,
+    TimeSeriesSplit,
+    TunedThresholdClassifierCV,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from retrain_platform.spec import CustomerSpec
+from retrain_platform.registry import FULL_SEARCH, PARAMS_TAG, ROWS_TAG, SEARCH_TAG
+from retrain_platform.spec import CustomerSpec, DecisionSettings
 
 SCORERS = {
     ("binary", "accuracy"): "accuracy",
@@ -52,15 +61,23 @@ SCORERS = {
 }
 
 
+TRAINING_WINDOWS = (("all", 1.0), ("last half", 0.5), ("last quarter", 0.25))
+
+
 @dataclass
 class SearchSettings:
-    """How hard to look for hyper-parameters; the defaults keep a 50,000-row customer under a minute."""
+    """How hard to look for hyper-parameters; the defaults keep a 50,000-row customer under a minute.
+
+    `known_params` (family -> hyper-parameters from an earlier search) skips the search for those families:
+    a retraining then refits what was tuned before on the new rows, and only the training window is chosen."""
 
     n_iter: int = 4
     n_splits: int = 3
     max_search_rows: int = 20_000
     n_jobs: int = 2
     seed: int = 0
+    known_params: dict[str, dict[str, Any]] | None = None
+    min_window_rows: int = 200
 
 
 @dataclass
@@ -110,14 +127,34 @@ class FeatureSet:
 
 @dataclass
 class Candidate:
+    """One family: its hyper-parameters (searched, or known from an earlier search), its CV score, and the
+    training window that scored best on the latest validation rows."""
+
     family: str
-    pipeline: Pipeline
     best_params: dict[str, Any]
     cv_score: float
     cv_std: float
     scorer: str
     fit_seconds: float
     cv_results: dict[str, list] = field(default_factory=dict)
+    searched: bool = True
+    window: str = "all"
+    window_share: float = 1.0
+    validation_score: float = float("nan")
+    validation_by_window: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Training:
+    """What training produced: every candidate, the winner, and the model that will serve if promoted
+    (the winner refit on its window of all training rows, with its decision threshold for a binary task)."""
+
+    candidates: list[Candidate]
+    winner: Candidate
+    model: Any
+    train_rows: int
+    validation_rows: int
+    threshold: float | None = None
 
 
 def coerce_types(
@@ -225,56 +262,176 @@ def candidate_families(task: str, seed: int) -> dict[str, tuple[Any, dict[str, A
     }
 
 
-def train_candidates(features: FeatureSet, settings: SearchSettings | None = None) -> list[Candidate]:
-    """Tune every family under time-series CV and refit the best of each on all training rows."""
+def train_candidates(features: FeatureSet, settings: SearchSettings | None = None) -> Training:
+    """Tune every family under time-series CV (or take its known hyper-parameters), choose each family's
+    training window on the latest training rows, and refit the best family on its window of all rows.
+
+    The window and the winner are chosen on the latest slice of the training rows (the last CV fold's
+    validation rows), never on the holdout: the holdout stays untouched for the challenger-vs-champion
+    comparison, so choosing among nine (family, window) pairs cannot flatter the challenger there."""
     settings = settings or SearchSettings()
     spec = features.spec
-    scorer = SCORERS[(spec.task, spec.primary_metric)]
+    scorer_name = SCORERS[(spec.task, spec.primary_metric)]
     X = features.transform(features.train)
     y = features.y_train.to_numpy()
-    # The search looks at the most recent rows only: they say most about the near future, and it bounds time.
-    search_X, search_y = X[-settings.max_search_rows :], y[-settings.max_search_rows :]
-    splitter = TimeSeriesSplit(n_splits=settings.n_splits)
-    candidates = []
+    families = candidate_families(spec.task, settings.seed)
+    tuned: dict[str, Candidate] = {}
     try:
-        for family, (estimator, space) in candidate_families(spec.task, settings.seed).items():
-            started = time.perf_counter()
-            search = RandomizedSearchCV(
-                estimator,
-                space,
-                n_iter=settings.n_iter,
-                scoring=scorer,
-                cv=splitter,
-                n_jobs=settings.n_jobs,
-                random_state=settings.seed,
-                refit=False,
-                error_score=np.nan,
-            )
-            search.fit(search_X, search_y)
-            scores = search.cv_results_["mean_test_score"]
-            if np.all(np.isnan(scores)):
+        for family, (estimator, space) in families.items():
+            known = (settings.known_params or {}).get(family)
+            if known is not None:
+                tuned[family] = Candidate(family, dict(known), np.nan, np.nan, scorer_name, 0.0, searched=False)
                 continue
-            best = int(np.nanargmax(scores))
-            params = search.cv_results_["params"][best]
-            model = estimator.set_params(**params).fit(X, y)
-            pipeline = Pipeline([("preprocess", FrozenEstimator(features.preprocessor)), ("model", model)])
-            candidates.append(
-                Candidate(
-                    family=family,
-                    pipeline=pipeline,
-                    best_params=dict(params),
-                    cv_score=float(scores[best]),
-                    cv_std=float(search.cv_results_["std_test_score"][best]),
-                    scorer=scorer,
-                    fit_seconds=time.perf_counter() - started,
-                    cv_results={"mean_test_score": [float(s) for s in scores]},
-                )
-            )
+            found = _search(family, estimator, space, X, y, scorer_name, settings)
+            if found is not None:
+                tuned[family] = found
     finally:
         release_search_workers()
-    if not candidates:
-        raise RuntimeError(f"no candidate could be scored with {scorer!r} under time-series cross-validation")
-    return candidates
+    if not tuned:
+        raise RuntimeError(f"no candidate could be scored with {scorer_name!r} under time-series cross-validation")
+
+    validation_rows = max(1, len(X) // (settings.n_splits + 1))
+    fit_X, fit_y = X[:-validation_rows], y[:-validation_rows]
+    check_X, check_y = X[-validation_rows:], y[-validation_rows:]
+    scorer = get_scorer(scorer_name)
+    fitted: dict[str, Any] = {}
+    for family, candidate in tuned.items():
+        started = time.perf_counter()
+        for window, share in TRAINING_WINDOWS:
+            rows = int(round(len(fit_X) * share))
+            if share < 1.0 and (rows < settings.min_window_rows or not _learnable(fit_y[-rows:], spec.task)):
+                continue
+            model = clone(families[family][0]).set_params(**candidate.best_params)
+            try:
+                model.fit(fit_X[-rows:], fit_y[-rows:])
+                score = float(scorer(model, check_X, check_y))
+            except ValueError:  # a window or a validation slice that one class dominates cannot be scored
+                score = np.nan
+            candidate.validation_by_window[window] = score
+            if np.isfinite(score) and not score <= candidate.validation_score:
+                candidate.window, candidate.window_share, candidate.validation_score = window, share, score
+                fitted[family] = model
+        candidate.fit_seconds += time.perf_counter() - started
+    candidates = list(tuned.values())
+    winner = best_candidate(candidates)
+
+    rows = int(round(len(X) * winner.window_share))
+    model = clone(families[winner.family][0]).set_params(**winner.best_params).fit(X[-rows:], y[-rows:])
+    served = Pipeline([("preprocess", FrozenEstimator(features.preprocessor)), ("model", model)])
+    threshold = None
+    if spec.task == "binary" and winner.family in fitted:
+        threshold = tune_threshold(fitted[winner.family], check_X, check_y, spec.decision)
+        if threshold is not None:
+            served = FixedThresholdClassifier(FrozenEstimator(served), threshold=threshold).fit(
+                features.X_train.head(2), features.y_train.head(2)
+            )
+    return Training(candidates, winner, served, train_rows=rows, validation_rows=validation_rows, threshold=threshold)
+
+
+def reusable_params(recent: list[dict[str, str]], train_rows: int, full_search_every: int) -> dict[str, dict] | None:
+    """The hyper-parameters of the latest full search, when this training may refit them instead of searching.
+
+    `recent` holds the tags of the latest trainings, newest first (`registry.ModelRegistry.recent_trainings`).
+    A search is reused by the next `full_search_every - 1` trainings, as long as the training set has not
+    halved or doubled since: hyper-parameters move slowly, while each search costs most of a training."""
+    for age, tags in enumerate(recent):
+        if tags.get(SEARCH_TAG) != FULL_SEARCH:
+            continue
+        searched_rows = int(tags.get(ROWS_TAG) or 0)
+        if age >= full_search_every - 1 or not searched_rows or not 0.5 <= train_rows / searched_rows <= 2.0:
+            return None
+        try:
+            return json.loads(tags[PARAMS_TAG])
+        except (KeyError, ValueError):
+            return None
+    return None
+
+
+def _search(family, estimator, space, X, y, scorer_name, settings) -> Candidate | None:
+    started = time.perf_counter()
+    # The search looks at the most recent rows only: they say most about the near future, and it bounds time.
+    search = RandomizedSearchCV(
+        estimator,
+        space,
+        n_iter=settings.n_iter,
+        scoring=scorer_name,
+        cv=TimeSeriesSplit(n_splits=settings.n_splits),
+        n_jobs=settings.n_jobs,
+        random_state=settings.seed,
+        refit=False,
+        error_score=np.nan,
+    )
+    search.fit(X[-settings.max_search_rows :], y[-settings.max_search_rows :])
+    scores = search.cv_results_["mean_test_score"]
+    if np.all(np.isnan(scores)):
+        return None
+    best = int(np.nanargmax(scores))
+    return Candidate(
+        family=family,
+        best_params={key: _plain(value) for key, value in search.cv_results_["params"][best].items()},
+        cv_score=float(scores[best]),
+        cv_std=float(search.cv_results_["std_test_score"][best]),
+        scorer=scorer_name,
+        fit_seconds=time.perf_counter() - started,
+        cv_results={"mean_test_score": [float(s) for s in scores]},
+    )
+
+
+def _learnable(y: np.ndarray, task: str) -> bool:
+    return task == "regression" or len(np.unique(y)) > 1
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def tune_threshold(model: Any, X: np.ndarray, y: np.ndarray, decision: DecisionSettings) -> float | None:
+    """The cut-off that serves `decision`'s objective best on rows the model did not train on, chosen by
+    scikit-learn's `TunedThresholdClassifierCV` over the frozen model; None when it cannot be chosen."""
+    classes = np.asarray(model.classes_)
+    if len(classes) != 2 or len(np.unique(y)) < 2:
+        return None
+    everything = np.arange(len(y))
+    tuner = TunedThresholdClassifierCV(
+        FrozenEstimator(model),
+        scoring=decision_scorer(decision, positive=classes[1]),
+        cv=[(everything, everything)],  # the model is frozen: the one split only says which rows score it
+        refit=False,
+        thresholds=100,
+    )
+    try:
+        tuner.fit(X, y)
+    except ValueError:
+        return None
+    return float(tuner.best_threshold_)
+
+
+def decision_scorer(decision: DecisionSettings, positive: Any):
+    """A scorer for the decision objective: F1, the negated cost of errors, or the best recall (precision)
+    among cut-offs that keep precision (recall) at its target."""
+    if decision.objective == "cost":
+        def negative_cost(y_true, y_pred):
+            false_positives = np.sum((y_pred == positive) & (y_true != positive))
+            false_negatives = np.sum((y_pred != positive) & (y_true == positive))
+            return -(decision.false_positive_cost * false_positives + decision.false_negative_cost * false_negatives)
+
+        return make_scorer(negative_cost)
+    if decision.objective in ("precision", "recall"):
+        held, gained = (precision_score, recall_score) if decision.objective == "precision" else (recall_score, precision_score)
+
+        def constrained(y_true, y_pred):
+            kept = held(y_true, y_pred, pos_label=positive, zero_division=0)
+            # Below the target, the cut-off nearest to reaching it wins; above it, the other metric decides.
+            return gained(y_true, y_pred, pos_label=positive, zero_division=0) if kept >= decision.target else kept - 1.0
+
+        return make_scorer(constrained)
+    return make_scorer(f1_score, pos_label=positive, zero_division=0)
+
+
+def decision_threshold(model: Any) -> float | None:
+    """The cut-off a binary model predicts the positive class at, when it has one of its own."""
+    threshold = getattr(model, "threshold", None)
+    return float(threshold) if isinstance(threshold, (int, float)) else None
 
 
 def release_search_workers() -> None:
@@ -291,8 +448,12 @@ def release_search_workers() -> None:
 
 
 def best_candidate(candidates: list[Candidate]) -> Candidate:
-    """Scorers are all greater-is-better (sklearn negates errors), so the highest CV score wins."""
-    return max(candidates, key=lambda candidate: candidate.cv_score)
+    """The best score on the latest validation rows, then the best CV score. Scorers are all
+    greater-is-better (sklearn negates errors), so the highest number wins."""
+    return max(
+        candidates,
+        key=lambda c: (bool(np.isfinite(c.validation_score)), np.nan_to_num(c.validation_score, nan=-np.inf), np.nan_to_num(c.cv_score, nan=-np.inf)),
+    )
 
 
 def content_hash(frame: pd.DataFrame) -> str:

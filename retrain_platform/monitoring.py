@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from retrain_platform import drift, performance
-from retrain_platform.evaluation import ModelOutput, compute_metrics
+from retrain_platform.evaluation import ModelOutput, compute_metrics, predicted_labels
 from retrain_platform.ingest import BATCH_COLUMN
+from retrain_platform.modelling import decision_threshold
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.warehouse import Warehouse, quote
 
@@ -47,8 +48,7 @@ def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np
         values = np.asarray(pipeline.predict(frame), dtype=float)
         return values, values
     proba = np.asarray(pipeline.predict_proba(frame), dtype=float)
-    classes = np.asarray(pipeline.classes_)
-    predicted = classes[np.argmax(proba, axis=1)]
+    predicted = predicted_labels(proba, np.asarray(pipeline.classes_), decision_threshold(pipeline))
     score = proba[:, 1] if task == "binary" else proba.max(axis=1)
     return predicted, score
 
@@ -209,15 +209,20 @@ def measure_batch(
             if spec.task == "regression":
                 output = ModelOutput.from_values(values)
             else:
-                output = ModelOutput.from_proba(values.astype(float), np.asarray(models[role][1].classes_))
+                pipeline = models[role][1]
+                output = ModelOutput.from_proba(
+                    values.astype(float), np.asarray(pipeline.classes_), decision_threshold(pipeline)
+                )
             realized[role] = compute_metrics(spec.task, y_true, output)
     estimated: dict[str, float] = {}
     if estimate_scores:
         scores = np.concatenate(estimate_scores)
-        estimated["accuracy"] = performance.estimate_accuracy(scores)
+        cut = decision_threshold(champion[1]) if spec.task == "binary" else None
+        cut = 0.5 if cut is None else cut
+        estimated["accuracy"] = performance.estimate_accuracy(scores, cut)
         if spec.task == "binary":
             estimated["roc_auc"] = performance.estimate_roc_auc(scores)
-            estimated["f1"] = performance.estimate_f1(scores)
+            estimated["f1"] = performance.estimate_f1(scores, cut)
     return BatchReport(
         drift=result,
         realized=realized,

@@ -15,6 +15,15 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
 
+# On a training's parent run: whether it searched hyper-parameters ("full") or refit known ones ("refit"),
+# the hyper-parameters per family it trained with (JSON), and how many training rows it had.
+SEARCH_TAG = "retrain.search"
+FULL_SEARCH, REFIT = "full", "refit"
+PARAMS_TAG = "retrain.params"
+ROWS_TAG = "retrain.train_rows"
+# On a registered version: the cut-off at which a binary model predicts the positive class.
+THRESHOLD_TAG = "decision_threshold"
+
 
 # Loaded pipelines by (registry, model, version), oldest first.
 _LOADED_VERSIONS: dict[tuple[str, str, str], Any] = {}
@@ -28,7 +37,7 @@ class RegistryError(RuntimeError):
 @dataclass(frozen=True)
 class LoggedModel:
     run_id: str
-    model_uri: str
+    model_uri: str | None
 
 
 class ModelRegistry:
@@ -74,16 +83,31 @@ class ModelRegistry:
         mlflow = self._activate()
         return mlflow.start_run(experiment_id=self.experiment_id(customer), run_name=run_name, tags=tags)
 
+    def recent_trainings(self, customer: str, count: int) -> list[dict[str, str]]:
+        """The tags of this customer's latest `count` training runs, newest first."""
+        client = self.client
+        experiment = client.get_experiment_by_name(f"retrain/{customer}")
+        if experiment is None:
+            return []
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{SEARCH_TAG}` LIKE '%'",
+            order_by=["attributes.start_time DESC"],
+            max_results=count,
+        )
+        return [dict(run.data.tags) for run in runs]
+
     def log_candidate(
         self,
         name: str,
-        pipeline: Any,
+        pipeline: Any | None,
         params: dict[str, Any],
         metrics: dict[str, float],
         input_example: Any,
         tags: dict[str, str],
     ) -> LoggedModel:
-        """Log one candidate as a nested run: params, CV metrics and the whole fitted pipeline."""
+        """Log one candidate as a nested run: params, metrics and, when given, the whole fitted pipeline
+        (a candidate that lost is a record of its scores; only the winner is refit and kept as a model)."""
         import cloudpickle
         import mlflow.sklearn
         import sklearn
@@ -94,6 +118,8 @@ class ModelRegistry:
         with mlflow.start_run(run_name=name, nested=True, tags=tags, experiment_id=experiment_id) as run:
             mlflow.log_params({key: _param(value) for key, value in params.items()})
             mlflow.log_metrics({key: float(value) for key, value in metrics.items() if value == value})
+            if pipeline is None:
+                return LoggedModel(run_id=run.info.run_id, model_uri=None)
             info = mlflow.sklearn.log_model(
                 pipeline,
                 name="model",

@@ -80,6 +80,29 @@ class PromotionThresholds(BaseModel):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
 
+class DecisionSettings(BaseModel):
+    """How a binary model turns a probability into a decision: the cut-off that serves `objective` best on
+    the latest training rows is chosen at training and stored with the model.
+
+    `f1` (the default) balances precision and recall; `cost` minimises `false_positive_cost` x false
+    positives + `false_negative_cost` x false negatives; `precision` (`recall`) keeps that metric at least
+    at `target` and makes the other as high as it can.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: Literal["f1", "cost", "precision", "recall"] = "f1"
+    false_positive_cost: float = Field(default=1.0, gt=0.0)
+    false_negative_cost: float = Field(default=1.0, gt=0.0)
+    target: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _target_when_needed(self) -> DecisionSettings:
+        if self.objective in ("precision", "recall") and self.target is None:
+            raise ValueError(f"decision.objective {self.objective!r} needs decision.target (for example 0.9)")
+        return self
+
+
 class AutomationSettings(BaseModel):
     """When the platform reacts on its own: the retraining triggers, their cooldown and automatic rollback.
 
@@ -125,6 +148,7 @@ class CustomerSpec(BaseModel):
         description="overrides of retrain_platform.drift.DriftThresholds, including per_feature ones",
     )
     mode: Mode = "auto"
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
 
     @field_validator("customer")

@@ -8,22 +8,28 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.frozen import FrozenEstimator
-from sklearn.metrics import r2_score, roc_auc_score
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, precision_score, r2_score, roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from retrain_platform.demo_data import make_benchmark_frame
 from retrain_platform.modelling import (
+    TRAINING_WINDOWS,
     Candidate,
     SearchSettings,
     best_candidate,
     build_preprocessor,
     coerce_types,
     content_hash,
+    decision_threshold,
     make_features,
+    reusable_params,
     time_split,
     train_candidates,
+    tune_threshold,
 )
-from retrain_platform.spec import complete_spec, parse_spec
+from retrain_platform.registry import FULL_SEARCH, PARAMS_TAG, REFIT, ROWS_TAG, SEARCH_TAG
+from retrain_platform.spec import DecisionSettings, complete_spec, parse_spec
 
 FAST = SearchSettings(n_iter=2, n_splits=3, n_jobs=1, seed=0)
 
@@ -210,72 +216,119 @@ def benchmark():
     return features, train_candidates(features, FAST)
 
 
-def test_three_families_with_finite_cv_scores(benchmark):
-    _, candidates = benchmark
-    assert [c.family for c in candidates] == ["logistic_regression", "hist_gradient_boosting", "random_forest"]
-    for candidate in candidates:
-        assert candidate.scorer == "roc_auc"
+def test_three_families_searched_with_finite_cv_and_validation_scores(benchmark):
+    _, training = benchmark
+    assert [c.family for c in training.candidates] == ["logistic_regression", "hist_gradient_boosting", "random_forest"]
+    for candidate in training.candidates:
+        assert candidate.scorer == "roc_auc" and candidate.searched
         assert np.isfinite(candidate.cv_score) and np.isfinite(candidate.cv_std)
         assert 0.5 < candidate.cv_score <= 1.0
         assert candidate.cv_score == max(candidate.cv_results["mean_test_score"])
         assert len(candidate.cv_results["mean_test_score"]) == FAST.n_iter
         assert candidate.best_params and candidate.fit_seconds > 0
-        params = candidate.pipeline.named_steps["model"].get_params()
-        assert all(params[key] == value for key, value in candidate.best_params.items())
+        # Each window was scored on the latest validation rows; the family keeps its best one.
+        assert set(candidate.validation_by_window) == {name for name, _ in TRAINING_WINDOWS}
+        assert candidate.validation_score == max(candidate.validation_by_window.values())
+        assert candidate.validation_by_window[candidate.window] == candidate.validation_score
 
 
-def test_best_candidate_is_the_highest_cv_score(benchmark):
-    _, candidates = benchmark
-    best = best_candidate(candidates)
-    assert best.cv_score == max(c.cv_score for c in candidates)
-    assert best_candidate(list(reversed(candidates))) is best
+def test_the_winner_has_the_best_validation_score_and_is_refit_on_its_window(benchmark):
+    features, training = benchmark
+    assert training.winner is best_candidate(training.candidates)
+    assert training.winner.validation_score == max(c.validation_score for c in training.candidates)
+    assert best_candidate(list(reversed(training.candidates))) is training.winner
+    share = dict(TRAINING_WINDOWS)[training.winner.window]
+    assert training.train_rows == int(round(len(features.train) * share))
+    assert training.validation_rows == len(features.train) // (FAST.n_splits + 1)
+    served = training.model.estimator.estimator  # FixedThresholdClassifier(FrozenEstimator(pipeline))
+    params = served.named_steps["model"].get_params()
+    assert all(params[key] == value for key, value in training.winner.best_params.items())
 
 
 def test_best_candidate_prefers_the_smaller_error():
     """Error metrics arrive negated (neg_root_mean_squared_error), so the larger number is the smaller error."""
     made = [
-        Candidate(family, None, {}, cv_score=score, cv_std=0.0, scorer="neg_root_mean_squared_error", fit_seconds=0.0)
+        Candidate(family, {}, cv_score=0.0, cv_std=0.0, scorer="neg_root_mean_squared_error", fit_seconds=0.0, validation_score=score)
         for family, score in (("a", -3.0), ("b", -1.5), ("c", -2.0))
     ]
     assert best_candidate(made).family == "b"
 
 
-def test_the_data_is_learnable_and_the_pipeline_predicts_on_raw_frames(benchmark):
-    features, candidates = benchmark
+def test_the_binary_model_predicts_at_its_own_threshold(benchmark):
+    features, training = benchmark
+    model = training.model
+    assert training.threshold is not None and 0.0 < training.threshold < 1.0
+    assert decision_threshold(model) == training.threshold
     holdout = features.X_holdout  # raw, untransformed feature columns
     assert holdout.dtypes.map(str).isin(["float64", "object"]).all()
-    for candidate in candidates:
-        scores = candidate.pipeline.predict_proba(holdout)[:, 1]
-        assert roc_auc_score(features.y_holdout, scores) > 0.7
-        assert set(candidate.pipeline.predict(holdout)) <= {0, 1}
+    scores = model.predict_proba(holdout)[:, 1]
+    assert roc_auc_score(features.y_holdout, scores) > 0.7
+    np.testing.assert_array_equal(model.predict(holdout), (scores >= training.threshold).astype(int))
+
+
+def test_the_threshold_serves_the_objective_on_the_validation_rows():
+    """F1 at the tuned cut-off beats F1 at 0.5 on rare positives, and a cost ratio moves the cut-off."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 3))
+    y = (X[:, 0] + rng.normal(scale=1.0, size=4000) > 2.0).astype(int)  # about 5% positives
+    model = LogisticRegression().fit(X[:2000], y[:2000])
+    f1 = tune_threshold(model, X[2000:], y[2000:], DecisionSettings())
+    assert f1 < 0.5
+    at_half = f1_score(y[2000:], model.predict(X[2000:]))
+    tuned = f1_score(y[2000:], (model.predict_proba(X[2000:])[:, 1] >= f1).astype(int))
+    assert tuned > at_half
+    costly_misses = tune_threshold(model, X[2000:], y[2000:], DecisionSettings(objective="cost", false_negative_cost=20))
+    costly_alarms = tune_threshold(model, X[2000:], y[2000:], DecisionSettings(objective="cost", false_positive_cost=20))
+    assert costly_misses < f1 < costly_alarms
+    precise = tune_threshold(model, X[2000:], y[2000:], DecisionSettings(objective="precision", target=0.8))
+    predicted = model.predict_proba(X[2000:])[:, 1] >= precise
+    assert precision_score(y[2000:], predicted) >= 0.8
+
+
+def test_a_retraining_refits_known_hyper_parameters_without_searching(benchmark):
+    features, training = benchmark
+    known = {c.family: c.best_params for c in training.candidates}
+    refit = train_candidates(features, SearchSettings(n_iter=2, n_splits=3, n_jobs=1, known_params=known))
+    assert all(not c.searched and np.isnan(c.cv_score) and not c.cv_results for c in refit.candidates)
+    assert {c.family: c.best_params for c in refit.candidates} == known
+    assert refit.winner.family == training.winner.family and refit.winner.window == training.winner.window
+
+
+def test_reusable_params_follow_the_full_search_cadence():
+    searched = {SEARCH_TAG: FULL_SEARCH, PARAMS_TAG: '{"ridge": {"alpha": 0.5}}', ROWS_TAG: "1000"}
+    refit = {SEARCH_TAG: REFIT}
+    assert reusable_params([], 1000, 4) is None
+    assert reusable_params([searched], 1100, 4) == {"ridge": {"alpha": 0.5}}
+    assert reusable_params([refit, refit, searched], 1100, 4) == {"ridge": {"alpha": 0.5}}
+    assert reusable_params([refit, refit, refit, searched], 1100, 4) is None  # the fourth training searches again
+    assert reusable_params([searched], 2500, 4) is None  # the training set more than doubled
+    assert reusable_params([searched], 1000, 1) is None  # every training searches
 
 
 def test_the_pipeline_predicts_rows_with_unseen_categories_and_missing_values(benchmark):
-    features, candidates = benchmark
+    features, training = benchmark
     spec = features.spec
     rows = features.X_holdout.head(5).copy()
     rows[spec.categorical_features] = "never_seen_before"
     rows[spec.numeric_features[0]] = np.nan
-    for candidate in candidates:
-        probabilities = candidate.pipeline.predict_proba(rows)
-        assert probabilities.shape == (5, 2)
-        assert np.isfinite(probabilities).all()
-        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    probabilities = training.model.predict_proba(rows)
+    assert probabilities.shape == (5, 2)
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
 
 
-def test_every_candidate_shares_the_same_frozen_preprocessing(benchmark):
-    features, candidates = benchmark
-    for candidate in candidates:
-        step = candidate.pipeline.named_steps["preprocess"]
-        assert isinstance(step, FrozenEstimator)
-        assert step.estimator is features.preprocessor
+def test_the_model_shares_the_frozen_preprocessing(benchmark):
+    features, training = benchmark
+    step = training.model.estimator.estimator.named_steps["preprocess"]
+    assert isinstance(step, FrozenEstimator)
+    assert step.estimator is features.preprocessor
 
 
-def test_refitting_a_candidate_does_not_refit_its_preprocessing(benchmark):
-    features, candidates = benchmark
+def test_refitting_a_model_does_not_refit_its_preprocessing(benchmark):
+    features, training = benchmark
     spec = features.spec
     before = features.transform(features.holdout)
-    pipeline = copy.deepcopy(candidates[0].pipeline)
+    pipeline = copy.deepcopy(training.model.estimator.estimator)
     shifted = features.train.copy()
     shifted[spec.numeric_features] = shifted[spec.numeric_features] * 10 + 100
     pipeline.fit(shifted[spec.feature_names], features.y_train)
@@ -310,12 +363,13 @@ def test_regression_uses_ridge_gradient_boosting_and_random_forest():
     )
     assert (spec.task, spec.primary_metric) == ("regression", "rmse")
     features = make_features(frame, spec)
-    candidates = train_candidates(features, FAST)
+    training = train_candidates(features, FAST)
+    candidates = training.candidates
     assert [c.family for c in candidates] == ["ridge", "hist_gradient_boosting", "random_forest"]
     assert all(c.scorer == "neg_root_mean_squared_error" for c in candidates)
     assert all(np.isfinite(c.cv_score) and c.cv_score < 0 for c in candidates)
-    best = best_candidate(candidates)
-    predictions = best.pipeline.predict(features.X_holdout)
+    assert training.threshold is None
+    predictions = training.model.predict(features.X_holdout)
     assert np.isfinite(predictions).all()
     assert r2_score(features.y_holdout, predictions) > 0.8
     # The linear truth is found by ridge, whose RMSE is close to the noise.
@@ -341,10 +395,10 @@ def test_multiclass_scores_with_macro_f1():
     assert (spec.task, spec.primary_metric) == ("multiclass", "f1")
     features = make_features(frame, spec)
     assert features.classes == ["high", "low", "medium"]
-    candidates = train_candidates(features, SearchSettings(n_iter=1, n_splits=2, n_jobs=1))
-    assert len(candidates) == 3 and all(c.scorer == "f1_macro" for c in candidates)
-    assert best_candidate(candidates).cv_score > 0.8
-    assert set(best_candidate(candidates).pipeline.predict(features.X_holdout)) <= {"high", "low", "medium"}
+    training = train_candidates(features, SearchSettings(n_iter=1, n_splits=2, n_jobs=1))
+    assert len(training.candidates) == 3 and all(c.scorer == "f1_macro" for c in training.candidates)
+    assert training.winner.cv_score > 0.8 and training.threshold is None
+    assert set(training.model.predict(features.X_holdout)) <= {"high", "low", "medium"}
 
 
 # --- content_hash -------------------------------------------------------------------------------------

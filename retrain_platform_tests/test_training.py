@@ -21,7 +21,9 @@ from retrain_platform.defs.training import (
     TRAINING_DATA_QUALITY,
     snapshot_table,
 )
-from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION
+from retrain_platform.modelling import decision_threshold
+from retrain_platform.monitoring import prediction_scores
+from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, THRESHOLD_TAG
 from retrain_platform.status import STATUS_KEYS, customer_status
 from retrain_platform.warehouse import quote
 
@@ -221,6 +223,21 @@ def test_first_training_runs_the_whole_chain_and_promotes_version_1(streaming, f
     assert row["data_version"] == dataset_meta["content_hash"]
     assert row["trigger"] == "test"
     assert "absolute floor: pass" in row["reasons"]
+    models = metadata(result, "candidate_models")
+    assert models["hyper_parameters"] == "searched"
+    assert row["reasons"].startswith(f"challenger: {models['challenger_family']} on {models['training_window'].split(' (')[0]}")
+
+    # The decision threshold travels with the version: a tag, and the cut-off the served model predicts at.
+    threshold = float(platform.registry.version_tags(spec.model_name, "1")[THRESHOLD_TAG])
+    assert models["decision_threshold"] == pytest.approx(threshold, rel=1e-5)
+    served = platform.registry.load(spec.model_name, CHAMPION)
+    assert decision_threshold(served) == pytest.approx(threshold, rel=1e-5)
+    rows = platform.demo[CUSTOMER].history.tail(300)[spec.feature_names]
+    positive = served.predict_proba(rows)[:, 1] >= decision_threshold(served)
+    np.testing.assert_array_equal(served.predict(rows), served.classes_[positive.astype(int)])
+    predicted, _ = prediction_scores(served, rows, spec.task)
+    np.testing.assert_array_equal(predicted, served.predict(rows))
+    assert "Decision thresholds" in metadata(result, "evaluation_report")["report"]
 
     # Status reports the champion and its holdout metric, which is what the served model really scores.
     status = first.status
@@ -250,6 +267,15 @@ def test_second_run_on_the_same_data_compares_with_the_champion_on_the_same_hold
     assert after["new_labelled_rows"] == 0
     assert after["content_hash"] == before["content_hash"]
     assert materialization(second.result, "training_dataset").tags["dagster/data_version"] == before["content_hash"]
+
+    # Between full searches a retraining refits the hyper-parameters found last, with the same choice of
+    # family and window on the same data.
+    models_before, models_after = metadata(first.result, "candidate_models"), metadata(second.result, "candidate_models")
+    assert models_after["hyper_parameters"] == "reused from the last search"
+    assert (models_after["challenger_family"], models_after["training_window"]) == (
+        models_before["challenger_family"],
+        models_before["training_window"],
+    )
 
     # The new challenger is version 2, compared with champion version 1 on the same holdout: the champion's
     # metric now is exactly what it scored when it was trained.

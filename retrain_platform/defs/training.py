@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pydantic
 
 from retrain_platform import customers as customer_store
 from retrain_platform import ledger, quality
@@ -17,12 +18,21 @@ from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
 from retrain_platform.modelling import (
     FeatureSet,
     SearchSettings,
-    best_candidate,
     content_hash,
     make_features,
+    reusable_params,
     train_candidates,
 )
-from retrain_platform.registry import CHALLENGER, CHAMPION
+from retrain_platform.registry import (
+    CHALLENGER,
+    CHAMPION,
+    FULL_SEARCH,
+    PARAMS_TAG,
+    REFIT,
+    ROWS_TAG,
+    SEARCH_TAG,
+    THRESHOLD_TAG,
+)
 from retrain_platform.settings import TRIGGER_TAG
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.status import HOLDOUT_TAG_PREFIX
@@ -31,6 +41,8 @@ from retrain_platform.warehouse import Warehouse
 TRAINING_DATA_QUALITY = "training_data_quality"
 FEATURES_ARE_FINITE = "features_are_finite"
 CHAMPION_SERVES_AS_TRAINED = "champion_serves_as_trained"
+
+SEARCH_AUTO = "auto"
 
 WAREHOUSE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
 
@@ -50,7 +62,18 @@ class TrainingConfig(dg.Config):
     cv_splits: int = 3
     max_search_rows: int = 20_000
     search_jobs: int = 2
+    # `auto`: a full hyper-parameter search every `full_search_every` trainings (or when the training set
+    # halved or doubled since the last one), a refit of the last search's hyper-parameters in between.
+    search: str = SEARCH_AUTO
+    full_search_every: int = 4
     trigger: str = "manual"
+
+    @pydantic.field_validator("search")
+    @classmethod
+    def _search_mode(cls, value: str) -> str:
+        if value not in (SEARCH_AUTO, FULL_SEARCH, REFIT):
+            raise ValueError(f"search must be {SEARCH_AUTO!r}, {FULL_SEARCH!r} or {REFIT!r}, not {value!r}")
+        return value
 
 
 @dataclass
@@ -64,6 +87,9 @@ class TrainedModels:
     challenger_family: str
     pipeline: Any
     leaderboard: pd.DataFrame
+    window: str = "all"
+    train_rows: int = 0
+    threshold: float | None = None
 
 
 @dataclass
@@ -226,66 +252,100 @@ def features_are_finite(features: FeatureSet) -> dg.AssetCheckResult:
 def candidate_models(
     context: dg.AssetExecutionContext, config: TrainingConfig, registry: MlflowRegistry, features: FeatureSet
 ) -> dg.Output[TrainedModels]:
-    """Several model families, each tuned by a hyper-parameter search under time-series cross-validation.
-    Every candidate is an MLflow run; the best is registered as a new version with the alias `challenger`."""
+    """Several model families, each tuned by a hyper-parameter search under time-series cross-validation
+    (or, between full searches, refit with the hyper-parameters found last), each trained on the history
+    window (all, last half, last quarter) that predicts the latest training rows best. The winner, with its
+    decision threshold, is registered as a new version with the alias `challenger`; every candidate is an
+    MLflow run."""
     spec = features.spec
     models = registry.get_registry()
+    train_rows = len(features.train)
+    known = None
+    if config.search == SEARCH_AUTO:
+        recent = models.recent_trainings(spec.customer, config.full_search_every)
+        known = reusable_params(recent, train_rows, config.full_search_every)
+    elif config.search == REFIT:
+        recent = models.recent_trainings(spec.customer, 1_000)
+        known = reusable_params(recent, train_rows, len(recent) + 1)
     settings = SearchSettings(
         n_iter=config.search_iterations,
         n_splits=config.cv_splits,
         max_search_rows=config.max_search_rows,
         n_jobs=config.search_jobs,
+        known_params=known,
     )
-    candidates = train_candidates(features, settings)
-    best = best_candidate(candidates)
-    tags = {"dagster_run_id": context.run_id, "customer": spec.customer, "trigger": run_trigger(context, config)}
-    input_example = features.X_holdout.head(5)
+    training = train_candidates(features, settings)
+    best = training.winner
+    searched = REFIT if known else FULL_SEARCH
+    trigger = run_trigger(context, config)
+    tags = {"dagster_run_id": context.run_id, "customer": spec.customer, "trigger": trigger}
+    parent_tags = {
+        **tags,
+        SEARCH_TAG: searched,
+        PARAMS_TAG: json.dumps({c.family: c.best_params for c in training.candidates}),
+        ROWS_TAG: str(train_rows),
+    }
     logged = {}
-    with models.start_training_run(spec.customer, run_name=f"training {context.run_id[:8]}", tags=tags):
-        for candidate in candidates:
+    with models.start_training_run(spec.customer, run_name=f"training {context.run_id[:8]}", tags=parent_tags):
+        for candidate in training.candidates:
+            winner = candidate is best
             logged[candidate.family] = models.log_candidate(
                 candidate.family,
-                candidate.pipeline,
-                params={"family": candidate.family, **candidate.best_params},
-                metrics={f"cv_{spec.primary_metric}": abs(candidate.cv_score), "cv_std": candidate.cv_std},
-                input_example=input_example,
+                training.model if winner else None,
+                params={"family": candidate.family, "window": candidate.window, **candidate.best_params},
+                metrics={
+                    f"cv_{spec.primary_metric}": abs(candidate.cv_score),
+                    "cv_std": candidate.cv_std,
+                    f"validation_{spec.primary_metric}": abs(candidate.validation_score),
+                    **({"decision_threshold": training.threshold} if winner and training.threshold is not None else {}),
+                },
+                input_example=features.X_holdout.head(5),
                 tags={**tags, "family": candidate.family},
             )
-    winner = logged[best.family]
-    version = models.register(spec.model_name, winner, tags={**tags, "family": best.family})
+    version_tags = {**tags, "family": best.family, "window": best.window, SEARCH_TAG: searched}
+    if training.threshold is not None:
+        version_tags[THRESHOLD_TAG] = f"{training.threshold:.6g}"
+    version = models.register(spec.model_name, logged[best.family], tags=version_tags)
     models.set_alias(spec.model_name, CHALLENGER, version)
 
     leaderboard = pd.DataFrame(
         [
             {
                 "family": c.family,
+                "window": c.window,
+                f"validation_{spec.primary_metric}": round(abs(c.validation_score), 4),
                 f"cv_{spec.primary_metric}": round(abs(c.cv_score), 4),
-                "cv_std": round(c.cv_std, 4),
+                "hyper-parameters": "searched" if c.searched else "reused",
                 "seconds": round(c.fit_seconds, 1),
-                "best_params": json.dumps({k: _plain(v) for k, v in c.best_params.items()}),
+                "best_params": json.dumps(c.best_params),
             }
-            for c in sorted(candidates, key=lambda c: -c.cv_score)
+            for c in sorted(training.candidates, key=lambda c: c is not best)
         ]
     )
     trained = TrainedModels(
         customer=spec.customer,
         model_name=spec.model_name,
         challenger_version=version,
-        challenger_run_id=winner.run_id,
+        challenger_run_id=logged[best.family].run_id,
         challenger_family=best.family,
-        pipeline=best.pipeline,
+        pipeline=training.model,
         leaderboard=leaderboard,
+        window=best.window,
+        train_rows=training.train_rows,
+        threshold=training.threshold,
     )
-    return dg.Output(
-        trained,
-        metadata={
-            "challenger_version": version,
-            "challenger_family": best.family,
-            f"cv_{spec.primary_metric}": dg.MetadataValue.float(abs(best.cv_score)),
-            "leaderboard": dg.MetadataValue.md(leaderboard.to_markdown(index=False)),
-            "mlflow_run_id": winner.run_id,
-        },
-    )
+    metadata = {
+        "challenger_version": version,
+        "challenger_family": best.family,
+        "training_window": f"{best.window} ({training.train_rows:,} rows)",
+        "hyper_parameters": "searched" if searched == FULL_SEARCH else "reused from the last search",
+        f"validation_{spec.primary_metric}": dg.MetadataValue.float(abs(best.validation_score)),
+        "leaderboard": dg.MetadataValue.md(leaderboard.to_markdown(index=False)),
+        "mlflow_run_id": logged[best.family].run_id,
+    }
+    if training.threshold is not None:
+        metadata["decision_threshold"] = dg.MetadataValue.float(training.threshold)
+    return dg.Output(trained, metadata=metadata)
 
 
 @dg.asset(
@@ -371,7 +431,11 @@ def deployed_model(
         action = decision.lower()
     after = models.alias_version(spec.model_name, CHAMPION)
 
-    reasons = "; ".join(f"{g.name}: {'pass' if g.passed else 'fail'} ({g.reason})" for g in evaluation_report.verdict.gates)
+    trained = f"{candidate_models.challenger_family} on {candidate_models.window} ({candidate_models.train_rows:,} rows)"
+    if candidate_models.threshold is not None:
+        trained += f", threshold {candidate_models.threshold:.3f}"
+    gates = [f"{g.name}: {'pass' if g.passed else 'fail'} ({g.reason})" for g in evaluation_report.verdict.gates]
+    reasons = "; ".join([f"challenger: {trained}", *gates])
     ledger.append(
         db,
         ledger.LedgerEntry(
@@ -447,10 +511,6 @@ def _training_data_version(context: dg.AssetExecutionContext) -> str | None:
     if not records or records[0].asset_materialization is None:
         return None
     return records[0].asset_materialization.tags.get("dagster/data_version")
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 training_assets = [training_dataset, features, candidate_models, evaluation_report, deployed_model]
