@@ -108,7 +108,11 @@ class AutomationSettings(BaseModel):
 
     `drift_consecutive_batches` is how many of the latest batches (measured by the current champion) must
     all show dataset drift; `cooldown_hours` is the least time between two trainings, whatever triggered
-    them; `new_labels_threshold` is how many labelled rows a training would add before one is requested;
+    them; `new_labels_threshold` is how many labelled rows a training would add before one is requested,
+    and `new_labels_share` how many next to the last training set (1.0: as many rows again);
+    `performance_drop` is how far (a share of the champion's holdout metric) its metric on a batch may fall
+    before the performance trigger retrains, and half of it confirms a drift trigger (unless
+    `drift_needs_confirmation` is off: drift alone then retrains);
     `min_labelled_rows` is how many labels a batch needs for its realized metric to count (below it, the
     label-free estimate is used); a freshly promoted champion whose realized primary metric is worse than
     the previous champion's by more than `rollback_tolerance` (in the metric's units) over its first
@@ -121,6 +125,9 @@ class AutomationSettings(BaseModel):
     drift_consecutive_batches: int = Field(default=2, ge=1, le=100)
     cooldown_hours: float = Field(default=24.0, ge=0.0)
     new_labels_threshold: int = Field(default=1000, ge=1)
+    new_labels_share: float = Field(default=1.0, ge=0.0)
+    performance_drop: float = Field(default=0.05, ge=0.0, lt=1.0)
+    drift_needs_confirmation: bool = True
     min_labelled_rows: int = Field(default=100, ge=1)
     rollback_tolerance: float = Field(default=0.02, ge=0.0)
     rollback_batches: int = Field(default=1, ge=1, le=100)

@@ -26,10 +26,7 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
     rows = []
     for spec in customers.list_specs(warehouse):
         champion = registry.alias_version(spec.model_name, CHAMPION)
-        metric = None
-        if champion is not None:
-            tag = registry.version_tags(spec.model_name, champion).get(HOLDOUT_TAG_PREFIX + spec.primary_metric)
-            metric = float(tag) if tag is not None else None
+        metric = None if champion is None else holdout_metric(registry, spec.model_name, champion, spec.primary_metric)
         mine = history[history["customer"] == spec.customer]
         rows.append(
             {
@@ -45,6 +42,12 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
             }
         )
     return rows
+
+
+def holdout_metric(registry: ModelRegistry, model_name: str, version: str, metric: str) -> float | None:
+    """What a version scored on its training's holdout (None for a version trained before this was kept)."""
+    tag = registry.version_tags(model_name, version).get(HOLDOUT_TAG_PREFIX + metric)
+    return float(tag) if tag is not None else None
 
 
 def format_table(rows: list[dict]) -> str:

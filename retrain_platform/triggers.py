@@ -109,12 +109,28 @@ class ChampionMove:
 
 
 def drift_trigger(
-    customer: str, latest_first: list[BatchDrift], consecutive: int, dataset_share: float
+    customer: str,
+    latest_first: list[BatchDrift],
+    consecutive: int,
+    dataset_share: float,
+    confirmation: Confirmation | None = None,
 ) -> Trigger | None:
-    """Fire when each of the `consecutive` latest batches (measured by the current champion) drifted."""
+    """Fire when each of the `consecutive` latest batches (measured by the current champion) drifted and,
+    given a `confirmation`, the champion's metric on the latest batch fell from its holdout metric by at
+    least the confirmation's share.
+
+    Drift alone is a poor reason to spend a training: seasonal features drift every season against a
+    whole-year baseline while the model keeps predicting well. A drop of the realized metric (or of the
+    label-free estimate, before labels arrive) says the drift reaches the model."""
     recent = latest_first[:consecutive]
     if len(recent) < consecutive or not all(batch.dataset_drifted for batch in recent):
         return None
+    confirmed = ""
+    if confirmation is not None:
+        found = confirmation.drop()
+        if found is None or found[0] < confirmation.min_drop:
+            return None
+        confirmed = f"; confirmed by {confirmation.describe(*found)}"
     ordered = list(reversed(recent))
     version = ordered[-1].model_version
     shares = ", ".join(f"{b.batch_id} {b.drift_share:.0%} ({_first_names(b.drifted_columns)})" for b in ordered)
@@ -124,9 +140,53 @@ def drift_trigger(
         evidence_key="+".join(b.batch_id for b in ordered) + f"@v{version}",
         reason=(
             f"dataset drift in {consecutive} consecutive batches against champion v{version}: {shares}; "
-            f"thresholds: {consecutive} batches, dataset drifts at >= {dataset_share:.0%} of features"
+            f"thresholds: {consecutive} batches, dataset drifts at >= {dataset_share:.0%} of features{confirmed}"
         ),
     )
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The champion's metric on its latest batch against what it scored on its training's holdout."""
+
+    latest: BatchMetric | None
+    holdout: float | None
+    min_drop: float
+    min_labelled_rows: int
+
+    def drop(self) -> tuple[float, float, str] | None:
+        """(relative drop, value, kind): how much worse than the holdout metric the latest batch is, as a
+        share of the holdout metric (negative when better); None without a holdout metric or a value."""
+        found = batch_value(self.latest, self.min_labelled_rows)
+        if found is None or self.holdout is None:
+            return None
+        value, kind = found
+        return relative_drop(self.latest.metric, self.holdout, value), value, kind
+
+    def describe(self, drop: float, value: float, kind: str) -> str:
+        latest = self.latest
+        direction = "below" if GREATER_IS_BETTER[latest.metric] else "above"
+        return (
+            f"{kind} {latest.metric} {value:.4f} on batch {latest.batch_id}, {abs(drop):.1%} {direction} the "
+            f"champion's holdout {self.holdout:.4f} (at least {self.min_drop:.1%})"
+        )
+
+
+def batch_value(latest: BatchMetric | None, min_labelled_rows: int) -> tuple[float, str] | None:
+    """The realized metric when enough labels arrived, else the label-free estimate, with which it is."""
+    if latest is None:
+        return None
+    if latest.realized is not None and latest.labelled_rows >= min_labelled_rows and math.isfinite(latest.realized):
+        return latest.realized, "realized"
+    if latest.estimated is not None and math.isfinite(latest.estimated):
+        return latest.estimated, "estimated"
+    return None
+
+
+def relative_drop(metric: str, reference: float, value: float) -> float:
+    """How much worse `value` is than `reference`, as a share of the reference (negative when better)."""
+    scale = abs(comparable_value(metric, reference)) or 1.0
+    return float(improvement(metric, reference, value)) / scale
 
 
 def is_below_floor(metric: str, value: float, floor: float) -> bool:
@@ -138,49 +198,71 @@ def is_below_floor(metric: str, value: float, floor: float) -> bool:
 
 
 def performance_trigger(
-    customer: str, latest: BatchMetric | None, floor: float | None, min_labelled_rows: int
+    customer: str,
+    latest: BatchMetric | None,
+    floor: float | None,
+    min_labelled_rows: int,
+    confirmation: Confirmation | None = None,
 ) -> Trigger | None:
     """Fire when the champion's realized primary metric on the latest batch (its label-free estimate when too
-    few labels have arrived) is worse than the customer's floor."""
-    if latest is None or floor is None:
+    few labels have arrived) is worse than the customer's floor, or, given a `confirmation`, has fallen from
+    the champion's own holdout metric by at least the confirmation's share."""
+    found = batch_value(latest, min_labelled_rows)
+    if found is None:
         return None
-    if latest.realized is not None and latest.labelled_rows >= min_labelled_rows and math.isfinite(latest.realized):
-        value, kind = latest.realized, "realized"
-    elif latest.estimated is not None and math.isfinite(latest.estimated):
-        value, kind = latest.estimated, "estimated"
-    else:
+    value, kind = found
+    reasons = []
+    if floor is not None and is_below_floor(latest.metric, value, floor):
+        relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
+        reasons.append(f"is {relation} {floor:g}")
+    dropped = confirmation.drop() if confirmation is not None else None
+    if dropped is not None and dropped[0] >= confirmation.min_drop:
+        direction = "below" if GREATER_IS_BETTER[latest.metric] else "above"
+        reasons.append(
+            f"is {dropped[0]:.1%} {direction} the champion's holdout {confirmation.holdout:.4f} "
+            f"(allowed {confirmation.min_drop:.1%})"
+        )
+    if not reasons:
         return None
-    if not is_below_floor(latest.metric, value, floor):
-        return None
-    relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
     return Trigger(
         kind=PERFORMANCE,
         customer=customer,
         evidence_key=f"{latest.batch_id}@v{latest.model_version}:{kind}",
         reason=(
             f"{kind} {latest.metric} {value:.4f} of champion v{latest.model_version} on batch {latest.batch_id} "
-            f"({latest.labelled_rows:,} labelled rows) is {relation} {floor:g}; "
+            f"({latest.labelled_rows:,} labelled rows) {' and '.join(reasons)}; "
             f"realized needs >= {min_labelled_rows:,} labelled rows"
         ),
     )
 
 
 def new_labels_trigger(
-    customer: str, new_rows: int, threshold: int, last_training: LastTraining | None
+    customer: str,
+    new_rows: int,
+    threshold: int,
+    last_training: LastTraining | None,
+    snapshot_rows: int = 0,
+    share: float = 0.0,
 ) -> Trigger | None:
-    """Fire when a training would add at least `threshold` labelled rows to the last training's snapshot.
+    """Fire when a training would add at least `threshold` labelled rows to the last training's snapshot,
+    and at least `share` times the rows that snapshot holds.
 
+    New labels alone are no evidence that the model went stale: on stable data a model trained on twice the
+    rows is rarely better, while drift and a falling metric have triggers of their own. The share keeps this
+    trigger for when a training would learn from substantially more data than the champion saw.
     A customer never trained is left to its onboarding: the first training is not this trigger's call."""
-    if last_training is None or new_rows < threshold:
+    required = max(threshold, math.ceil(share * snapshot_rows))
+    if last_training is None or new_rows < required:
         return None
     since = last_training.dagster_run_id or last_training.recorded_at.isoformat()
+    relative = f" and {share:g} x the {snapshot_rows:,} rows it trained on" if required > threshold else ""
     return Trigger(
         kind=NEW_LABELS,
         customer=customer,
         evidence_key=f"since-{since}",
         reason=(
             f"{new_rows:,} new labelled rows since the training of {last_training.recorded_at:%Y-%m-%d %H:%M} "
-            f"(run {since[:8]}); threshold {threshold:,}"
+            f"(run {since[:8]}); threshold {threshold:,}{relative}"
         ),
     )
 
@@ -365,6 +447,14 @@ def last_champion_move(warehouse: Warehouse, customer: str) -> ChampionMove | No
         to_version=_text(row["champion_after"]),
         recorded_at=pd.Timestamp(row["recorded_at"]).to_pydatetime(),
     )
+
+
+def snapshot_rows(warehouse: Warehouse, snapshot_table: str, customer: str) -> int:
+    """How many rows the customer's last training snapshot holds (0 before any training)."""
+    if not warehouse.table_exists(snapshot_table):
+        return 0
+    frame = warehouse.query(f"select count(*) as n from {quote(snapshot_table)} where customer = ?", [customer])
+    return int(frame["n"].iloc[0])
 
 
 def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: str) -> int:

@@ -86,6 +86,45 @@ def test_drift_evidence_moves_with_every_new_batch():
     assert first.run_key != later.run_key
 
 
+def test_drift_needs_the_champion_metric_to_fall_when_a_confirmation_is_asked():
+    """Seasonal drift with a model that still predicts well spends no training; drift with a falling metric does."""
+    both = [drift("w4", True), drift("w3", True)]
+
+    def confirmation(realized, estimated, labelled=500):
+        latest = BatchMetric("w4", "3", "roc_auc", realized, estimated, labelled)
+        return triggers.Confirmation(latest, holdout=0.80, min_drop=0.025, min_labelled_rows=100)
+
+    assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.79, 0.81)) is None  # 1.25% below: noise
+    assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.85, 0.70)) is None  # realized decides
+    fired = triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.74, 0.81))
+    assert fired.reason.endswith(
+        "; confirmed by realized roc_auc 0.7400 on batch w4, 7.5% below the champion's holdout 0.8000 (at least 2.5%)"
+    )
+    # Before labels arrive the label-free estimate confirms; without either, nothing is confirmed.
+    early = triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.74, 0.70, labelled=20))
+    assert "confirmed by estimated roc_auc 0.7000" in early.reason
+    assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(None, None, labelled=0)) is None
+    unknown = triggers.Confirmation(BatchMetric("w4", "3", "roc_auc", 0.5, None, 500), None, 0.025, 100)
+    assert triggers.drift_trigger("acme", both, 2, 0.5, unknown) is None
+
+
+def test_a_drop_from_the_champion_holdout_metric_is_a_performance_trigger_in_itself():
+    def drop_of(value, metric_name="roc_auc", holdout=0.80):
+        latest = BatchMetric("w7", "4", metric_name, value, None, 900)
+        confirmation = triggers.Confirmation(latest, holdout=holdout, min_drop=0.05, min_labelled_rows=100)
+        return triggers.performance_trigger("acme", latest, None, 100, confirmation)
+
+    assert drop_of(0.77) is None  # 3.75% below the holdout
+    fired = drop_of(0.72)
+    assert fired.reason == (
+        "realized roc_auc 0.7200 of champion v4 on batch w7 (900 labelled rows) is 10.0% below the champion's "
+        "holdout 0.8000 (allowed 5.0%); realized needs >= 100 labelled rows"
+    )
+    # Error metrics: a larger error is the drop.
+    assert drop_of(10.4, "rmse", holdout=10.0) is None
+    assert "is 6.0% above the champion's holdout 10.0000" in drop_of(10.6, "rmse", holdout=10.0).reason
+
+
 # ---------------------------------------------------------------------------------------------------
 # Performance
 
@@ -145,6 +184,18 @@ def test_new_labels_fire_once_per_training():
     assert triggers.new_labels_trigger("acme", 5_000, 1000, last).run_key == trigger.run_key
     # A customer never trained is onboarding's business.
     assert triggers.new_labels_trigger("acme", 5_000, 1000, None) is None
+
+
+def test_new_labels_must_also_be_a_share_of_the_last_training_set():
+    last = LastTraining(recorded_at=datetime(2026, 10, 1, 3, 0), dagster_run_id="abcdef12-3456")
+    # 1,250 new rows next to a 4,000-row training set: not yet as many rows again.
+    assert triggers.new_labels_trigger("acme", 1_250, 1000, last, snapshot_rows=4_000, share=1.0) is None
+    assert triggers.new_labels_trigger("acme", 3_999, 1000, last, snapshot_rows=4_000, share=1.0) is None
+    trigger = triggers.new_labels_trigger("acme", 4_000, 1000, last, snapshot_rows=4_000, share=1.0)
+    assert trigger.reason.endswith("threshold 1,000 and 1 x the 4,000 rows it trained on")
+    # A small training set: the absolute threshold is the larger requirement and the only one named.
+    small = triggers.new_labels_trigger("acme", 1_000, 1000, last, snapshot_rows=300, share=1.0)
+    assert small.reason.endswith("threshold 1,000")
 
 
 def test_the_cooldown_is_measured_from_the_last_training_with_the_given_now():

@@ -36,6 +36,7 @@ from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG, schedules
 from retrain_platform.spec import CustomerSpec
+from retrain_platform.status import holdout_metric
 from retrain_platform.triggers import Trigger
 from retrain_platform.warehouse import Warehouse
 
@@ -189,6 +190,15 @@ def _each_customer(
 # --------------------------------------------------------------------------------------- retraining sensors
 
 
+def _confirmation(db, models, spec: CustomerSpec, champion: str, min_drop: float) -> triggers.Confirmation:
+    return triggers.Confirmation(
+        latest=triggers.latest_metric(db, spec.customer, spec.primary_metric, champion),
+        holdout=holdout_metric(models, spec.model_name, champion, spec.primary_metric),
+        min_drop=min_drop,
+        min_labelled_rows=spec.automation.min_labelled_rows,
+    )
+
+
 @dg.sensor(
     name=DRIFT_SENSOR,
     job=train_customer,
@@ -203,7 +213,9 @@ def drift_sensor(
     alerts: AlertChannel,
 ) -> dg.SensorResult:
     """Retrains a customer when the dataset drift verdict holds for its K latest batches (K =
-    `automation.drift_consecutive_batches`, default 2) measured against the current champion. One run per
+    `automation.drift_consecutive_batches`, default 2) measured against the current champion, and the
+    champion's metric on the latest batch (realized, or estimated before labels arrive) fell at least half
+    of `automation.performance_drop` below its holdout metric: drift that reaches the model. One run per
     piece of evidence, never while a training is in flight or within the cooldown; alert mode only alerts."""
     db = warehouse.get_warehouse()
     models = registry.get_registry()
@@ -215,7 +227,10 @@ def drift_sensor(
         consecutive = spec.automation.drift_consecutive_batches
         recent = triggers.latest_drift(db, spec.customer, champion, consecutive)
         share = drift.DriftThresholds.model_validate(spec.drift_thresholds).dataset_share
-        return triggers.drift_trigger(spec.customer, recent, consecutive, share)
+        confirmation = None
+        if spec.automation.drift_needs_confirmation:
+            confirmation = _confirmation(db, models, spec, champion, spec.automation.performance_drop / 2)
+        return triggers.drift_trigger(spec.customer, recent, consecutive, share, confirmation)
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
     return react_to_triggers(
@@ -237,19 +252,18 @@ def performance_sensor(
     alerts: AlertChannel,
 ) -> dg.SensorResult:
     """Retrains a customer when its champion's primary metric on the latest batch falls below the spec's
-    floor: the realized metric when enough labels arrived, else the label-free estimate."""
+    floor, or `automation.performance_drop` (default 5%) below what the champion scored on its holdout:
+    the realized metric when enough labels arrived, else the label-free estimate."""
     db = warehouse.get_warehouse()
     models = registry.get_registry()
 
     def find(spec: CustomerSpec) -> Trigger | None:
-        if spec.thresholds.floor is None:
-            return None
         champion = models.alias_version(spec.model_name, CHAMPION)
         if champion is None:
             return None
-        latest = triggers.latest_metric(db, spec.customer, spec.primary_metric, champion)
+        confirmation = _confirmation(db, models, spec, champion, spec.automation.performance_drop)
         return triggers.performance_trigger(
-            spec.customer, latest, spec.thresholds.floor, spec.automation.min_labelled_rows
+            spec.customer, confirmation.latest, spec.thresholds.floor, spec.automation.min_labelled_rows, confirmation
         )
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
@@ -271,15 +285,23 @@ def new_labels_sensor(
     alerts: AlertChannel,
 ) -> dg.SensorResult:
     """Retrains a customer once a training would add at least `automation.new_labels_threshold` labelled
-    rows to its last snapshot, late labels that people added included."""
+    rows to its last snapshot, and `automation.new_labels_share` times its size (late labels that people
+    added included)."""
     db = warehouse.get_warehouse()
 
     def find(spec: CustomerSpec) -> Trigger | None:
         last = triggers.last_training(db, spec.customer)
         if last is None:
             return None
-        new_rows = triggers.new_labelled_rows(db, spec, snapshot_table(spec.customer))
-        return triggers.new_labels_trigger(spec.customer, new_rows, spec.automation.new_labels_threshold, last)
+        table = snapshot_table(spec.customer)
+        return triggers.new_labels_trigger(
+            spec.customer,
+            triggers.new_labelled_rows(db, spec, table),
+            spec.automation.new_labels_threshold,
+            last,
+            snapshot_rows=triggers.snapshot_rows(db, table, spec.customer),
+            share=spec.automation.new_labels_share,
+        )
 
     found = _each_customer(context, db, find)
     return react_to_triggers(context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=None)
