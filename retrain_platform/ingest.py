@@ -8,14 +8,16 @@ in (the expert-labelling loop: labels people add later are used).
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from retrain_platform.spec import CustomerSpec
+from retrain_platform.spec import CustomerSpec, case_collision, case_collision_message, class_value, class_values
 from retrain_platform.warehouse import Warehouse, quote
 
 BATCH_COLUMN = "batch_id"
@@ -24,6 +26,23 @@ HISTORY_BATCH = "history"
 HISTORY_PREFIX = f"{HISTORY_BATCH}-"
 BATCH_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 BATCH_SEPARATOR = "."
+# Columns the platform adds to a customer's rows, and where: a column of the file with such a name would be lost.
+PLATFORM_COLUMNS = {
+    BATCH_COLUMN: "the batch id of every stored row",
+    "customer": "the customer id of the training snapshot",
+}
+# Numeric timestamps are read by their size: (unit, name, smallest value), each unit's values falling between
+# 1973 and 5138. Smaller numbers (a 20240315 date, a row number) are no epoch timestamp in any unit.
+EPOCH_UNITS = (
+    ("s", "seconds", 1e8),
+    ("ms", "milliseconds", 1e11),
+    ("us", "microseconds", 1e14),
+    ("ns", "nanoseconds", 1e17),
+)
+# datetime64[ns] ends in 2262: int64 nanoseconds.
+LATEST_EPOCH_NANOSECONDS = 2**63 - 1
+NUMBER_PATTERN = r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?"
+SHOWN_VALUES = 5
 
 
 class IngestError(ValueError):
@@ -72,24 +91,162 @@ def read_source(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise IngestError(f"source {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise IngestError(f"source {path}: only .csv and .parquet files are read")
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            frame = pd.read_csv(path)
+            repeated = _repeated_header_names(path)
+        else:
+            frame, repeated = pd.read_parquet(path), []
     except (ValueError, OSError) as error:
         raise IngestError(f"source {path} could not be read: {str(error).splitlines()[0]}") from None
-    raise IngestError(f"source {path}: only .csv and .parquet files are read")
+    if repeated:
+        raise IngestError(f"column {repeated[0]!r} appears more than once in the header of {path}: rename one of them")
+    return frame
+
+
+def _repeated_header_names(path: Path) -> list[str]:
+    # pandas renames a repeated name ("plan", "plan.1") without a word, which hides that two columns collide.
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as file:
+        header = next(csv.reader(file), [])
+    return sorted({name for name in header if header.count(name) > 1})
+
+
+def check_column_names(columns) -> None:
+    """Refuse columns the warehouse cannot keep apart: two names differing only by case."""
+    collision = case_collision(map(str, columns))
+    if collision:
+        raise IngestError(case_collision_message(*collision))
+
+
+def parse_timestamps(raw: pd.Series, column: str) -> pd.Series:
+    """Timestamps as naive UTC: text and datetimes as they say, numbers as epoch time in the unit their size
+    tells (seconds, milliseconds, microseconds or nanoseconds since 1970). Raise `IngestError` naming the
+    column when a value is missing or cannot be read."""
+    if raw.isna().any():
+        raise IngestError(f"column {column!r}: {int(raw.isna().sum())} timestamp(s) missing")
+    if pd.api.types.is_bool_dtype(raw):
+        raise IngestError(f"column {column!r}: true/false values are not timestamps")
+    if raw.dtype == object and raw.astype(str).str.fullmatch(NUMBER_PATTERN).all():
+        raw = pd.to_numeric(raw)
+    if pd.api.types.is_numeric_dtype(raw):
+        parsed = _epoch_timestamps(raw, column)
+    elif raw.dtype == object:
+        # utc=True folds mixed offsets (a week across a daylight-saving change) into one naive-UTC column.
+        parsed = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
+    else:
+        try:
+            parsed = pd.to_datetime(raw, errors="coerce", utc=True)
+        except (TypeError, ValueError):
+            parsed = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
+    bad = parsed.isna()
+    if bad.any():
+        raise IngestError(
+            f"column {column!r}: {int(bad.sum())} timestamp(s) unparseable, e.g. {_plain(raw[bad].iloc[0])!r}"
+        )
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed
+
+
+def _epoch_timestamps(raw: pd.Series, column: str) -> pd.Series:
+    names = {unit: name for unit, name, _ in EPOCH_UNITS}
+    values = raw.astype("float64")
+    size = values.abs()
+    if not np.isfinite(size).all():
+        example = _plain(raw[~np.isfinite(size)].iloc[0])
+        raise IngestError(f"column {column!r}: {example!r} is not a timestamp")
+    too_small = size < EPOCH_UNITS[0][2]
+    if too_small.any():
+        example = _plain(raw[too_small].iloc[0])
+        raise IngestError(
+            f"column {column!r}: {example!r} is too small for a timestamp in seconds, milliseconds, microseconds or "
+            "nanoseconds since 1970: write dates as text (2024-03-15 08:00) or as epoch time"
+        )
+    units = pd.Series(EPOCH_UNITS[0][0], index=raw.index)
+    for unit, _, low in EPOCH_UNITS[1:]:
+        units[size >= low] = unit
+    if units.nunique() > 1:
+        examples = [f"{_plain(raw[units == unit].iloc[0])!r} reads as {names[unit]}" for unit in units.unique()[:2]]
+        raise IngestError(
+            f"column {column!r}: numeric timestamps in several units ({' and '.join(examples)} since 1970): "
+            "give every timestamp in one unit"
+        )
+    unit = units.iloc[0]
+    latest = _plain(raw.iloc[int(size.argmax())])
+    too_late = IngestError(
+        f"column {column!r}: {latest!r} in {names[unit]} since 1970 is after "
+        "2262-04-11, the latest timestamp the platform stores"
+    )
+    if size.max() * pd.Timedelta(1, unit).value >= LATEST_EPOCH_NANOSECONDS:
+        raise too_late
+    whole = values.round()
+    # Whole numbers convert exactly as integers; a float would lose the last digits of nanoseconds.
+    numbers = whole.astype("int64") if bool((whole == values).all()) else values
+    try:
+        return pd.to_datetime(numbers, unit=unit, utc=True)
+    except (OverflowError, ValueError):
+        raise too_late from None
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def known_classes(warehouse: Warehouse, spec: CustomerSpec) -> list | None:
+    """The classes a classification customer's labels may take: the spec's, or for a spec saved before the
+    spec recorded them, those of the labels already stored. None for regression."""
+    if spec.task == "regression":
+        return None
+    if spec.label_values:
+        return list(spec.label_values)
+    if not warehouse.table_exists(spec.landing_table) or spec.label_column not in warehouse.columns(spec.landing_table):
+        return None
+    label = quote(spec.label_column)
+    stored = warehouse.query(
+        f'select distinct {label} as "label" from {quote(spec.landing_table)} where {label} is not null'
+    )
+    return class_values(stored["label"]) or None
+
+
+def check_labels(frame: pd.DataFrame, spec: CustomerSpec, classes: list | None) -> None:
+    """Refuse a file whose labels fall outside the customer's classes: a stray class would silently change the
+    task of the next training (a binary model becomes a three-class one)."""
+    if not classes or spec.label_column not in frame:
+        return
+    allowed = {class_value(value) for value in classes}
+    as_text = all(isinstance(value, str) for value in allowed)
+    outside = []
+    for value in frame[spec.label_column].dropna().unique():
+        plain = class_value(value)
+        if as_text:
+            plain = str(plain)
+        elif isinstance(plain, str):
+            number = pd.to_numeric(pd.Series([plain]), errors="coerce").iloc[0]
+            plain = plain if pd.isna(number) else class_value(number)
+        if plain not in allowed and plain not in outside:
+            outside.append(plain)
+    if outside:
+        shown = ", ".join(repr(value) for value in outside[:SHOWN_VALUES])
+        shown += ", ..." if len(outside) > SHOWN_VALUES else ""
+        raise IngestError(
+            f"column {spec.label_column!r}: label value(s) {shown} are not among {spec.customer}'s classes "
+            f"{list(classes)}; nothing from this file was stored"
+        )
 
 
 def conform(frame: pd.DataFrame, spec: CustomerSpec, *, require_features: bool = True) -> pd.DataFrame:
     """Check a frame against the spec and return it with the spec's columns and types; raise `IngestError`."""
+    check_column_names(frame.columns)
     required = [spec.timestamp_column, *spec.feature_names] if require_features else []
     if spec.id_column:
         required.insert(0, spec.id_column)
     missing = [column for column in required if column not in frame.columns]
     if missing:
-        raise IngestError(f"column {missing[0]!r}: missing from the file (the spec needs {missing})")
+        near = {str(column).casefold(): column for column in frame.columns}.get(missing[0].casefold())
+        hint = f"; the file has {near!r}, which differs only by case" if near is not None else ""
+        raise IngestError(f"column {missing[0]!r}: missing from the file (the spec needs {missing}){hint}")
     if frame.empty:
         raise IngestError("the file has no rows")
     conformed = frame.copy()
@@ -103,22 +260,7 @@ def conform(frame: pd.DataFrame, spec: CustomerSpec, *, require_features: bool =
                 f"column {spec.id_column!r}: id {duplicated.iloc[0]!r} appears more than once in the file"
             )
     if spec.timestamp_column in conformed:
-        raw = conformed[spec.timestamp_column]
-        # utc=True folds mixed offsets (a week across a daylight-saving change) into one naive-UTC column.
-        if raw.dtype == object:
-            parsed = pd.to_datetime(raw, errors="coerce", format="mixed", utc=True)
-        else:
-            parsed = pd.to_datetime(raw, errors="coerce", utc=True)
-        bad = parsed.isna() & raw.notna()
-        if bad.any() or raw.isna().any():
-            example = raw[bad].iloc[0] if bad.any() else None
-            raise IngestError(
-                f"column {spec.timestamp_column!r}: {int(bad.sum() + raw.isna().sum())} timestamp(s) missing or "
-                f"unparseable, e.g. {example!r}"
-            )
-        if getattr(parsed.dt, "tz", None) is not None:
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-        conformed[spec.timestamp_column] = parsed
+        conformed[spec.timestamp_column] = parse_timestamps(conformed[spec.timestamp_column], spec.timestamp_column)
     for name in spec.numeric_features:
         if name not in conformed:
             continue
@@ -155,6 +297,7 @@ def ingest(
             "or onboard the customer with --id"
         )
     conformed = conform(frame, spec, require_features=not label_only)
+    check_labels(conformed, spec, known_classes(warehouse, spec))
     known = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
     ignored = [column for column in conformed.columns if column not in known]
     conformed = conformed[[column for column in known if column in conformed.columns]]

@@ -15,10 +15,17 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from retrain_platform import customers as customer_store
-from retrain_platform.ingest import BATCH_COLUMN, HISTORY_PREFIX, IngestError, conform
+from retrain_platform.drift import PREDICTION
+from retrain_platform.ingest import (
+    BATCH_COLUMN,
+    HISTORY_PREFIX,
+    PLATFORM_COLUMNS,
+    IngestError,
+    check_column_names,
+    conform,
+)
 from retrain_platform.spec import (
     CustomerSpec,
-    FeatureSpec,
     Mode,
     SpecError,
     Task,
@@ -99,6 +106,10 @@ def prepare(frame: pd.DataFrame, request: OnboardingRequest) -> PreparedHistory:
     validate_customer_id(request.customer)
     if frame.empty:
         raise OnboardingError("the file has no rows")
+    try:
+        check_column_names(frame.columns)
+    except IngestError as error:
+        raise OnboardingError(str(error)) from None
     columns = list(frame.columns)
     if request.label not in frame.columns:
         raise OnboardingError(f"label column {request.label!r} is not in the file (columns: {columns})")
@@ -116,9 +127,10 @@ def prepare(frame: pd.DataFrame, request: OnboardingRequest) -> PreparedHistory:
     clash = reserved.intersection(names)
     if clash:
         raise OnboardingError(f"--features: {sorted(clash)} is also the timestamp, label or id column")
+    _refuse_platform_names([*sorted(reserved), *names])
     _refuse_uninformative(frame, names)
     features = [
-        FeatureSpec(name=name, kind="categorical" if name in request.categorical else infer_kind(frame[name]))
+        {"name": name, "kind": "categorical" if name in request.categorical else infer_kind(frame[name])}
         for name in names
     ]
     try:
@@ -129,7 +141,7 @@ def prepare(frame: pd.DataFrame, request: OnboardingRequest) -> PreparedHistory:
                 "timestamp_column": timestamp,
                 "label_column": request.label,
                 "id_column": request.id_column,
-                "features": [f.model_dump() for f in features],
+                "features": features,
                 "task": request.task,
                 "mode": request.mode,
             }
@@ -176,6 +188,19 @@ def _parses_as_dates(values: pd.Series, sample: int = 200) -> bool:
     parsed = pd.to_datetime(head, errors="coerce", format="mixed", utc=True)
     # Mostly dates is a timestamp column with a few bad values, which the validation then names.
     return bool(parsed.notna().mean() >= 0.9)
+
+
+def _refuse_platform_names(names: list[str]) -> None:
+    """A column named like one the platform adds to the rows (in any case) would be overwritten by it."""
+    platform = {**PLATFORM_COLUMNS, PREDICTION: "the model's output while drift is measured"}
+    folded = {own.casefold(): own for own in platform}
+    for name in names:
+        own = folded.get(str(name).casefold())
+        if own is not None:
+            raise OnboardingError(
+                f"column {name!r} collides with the platform's own column {own!r} ({platform[own]}): "
+                "rename it in the file"
+            )
 
 
 def _refuse_uninformative(frame: pd.DataFrame, names: list[str]) -> None:

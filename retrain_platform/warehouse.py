@@ -23,9 +23,11 @@ class WarehouseError(RuntimeError):
 
 
 def quote(identifier: str) -> str:
-    if '"' in identifier:
-        raise WarehouseError(f"identifier {identifier!r} may not contain a double quote")
-    return f'"{identifier}"'
+    """A quoted SQL identifier, exact in case; a double quote inside is doubled (the same in DuckDB and
+    Snowflake), so any column name a file can hold is safe to put in SQL."""
+    if not isinstance(identifier, str) or not identifier or "\x00" in identifier:
+        raise WarehouseError(f"identifier {identifier!r} is not a name a table or column can have")
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 class Warehouse:
@@ -115,7 +117,7 @@ class Warehouse:
         transaction, so re-running a partition replaces its rows instead of duplicating them.
         """
         for name in (table, *map(str, frame.columns)):
-            quote(name)  # refuses a double quote before anything reaches the database
+            quote(name)  # refuses an impossible name before anything reaches the database
         with self.connection() as conn:
             if self.dialect == "duckdb":
                 self._write_duckdb(conn, table, frame, replace_where)

@@ -20,6 +20,8 @@ from retrain_platform.ingest import (
     batch_ids,
     batch_partition_key,
     ingest,
+    known_classes,
+    parse_timestamps,
     read_source,
     split_batch_partition_key,
     validate_batch_id,
@@ -28,6 +30,7 @@ from retrain_platform.spec import CustomerSpec, complete_spec, parse_spec
 from retrain_platform.warehouse import Warehouse, quote
 
 STREAMING = "lumen-streaming"  # binary, string ids ("sub-0000001"), label `churned` (0/1)
+SUPPORT = "atlas-support"  # multiclass, text label `priority`
 DELIVERY = "swiftcart-delivery"  # regression, integer ids, label `delivery_minutes`
 
 
@@ -521,3 +524,162 @@ def test_a_customer_without_an_id_column_ingests_batches(warehouse, demo_data):
     with pytest.raises(IngestError, match="has no id column, so late labels cannot find their rows"):
         ingest(warehouse, spec, customer.batches[1][[spec.label_column]], "labels")
     assert warehouse.query(f"select count(*) as n from {quote(spec.landing_table)}")["n"].iloc[0] == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# Label values: a classification customer's labels stay within its classes
+
+
+def test_a_labelled_batch_with_a_label_outside_the_classes_is_refused_and_stores_nothing(streaming):
+    warehouse, spec, demo = streaming
+    assert spec.label_values == [0, 1]
+    batch = demo.batches[0].copy()
+    batch.loc[batch.index[[3, 9]], spec.label_column] = 7
+    message = assert_refused_and_unchanged(warehouse, spec, batch, "week-1")
+    assert message == (
+        "column 'churned': label value(s) 7 are not among lumen-streaming's classes [0, 1]; "
+        "nothing from this file was stored"
+    )
+
+
+def test_late_labels_outside_the_classes_are_refused_and_merge_nothing(streaming):
+    warehouse, spec, demo = streaming
+    batch = demo.batches[0]
+    ingest(warehouse, spec, batch.drop(columns=[spec.label_column]), "week-1")
+    labels = batch[[spec.id_column, spec.label_column]].head(20).copy()
+    labels[spec.label_column] = labels[spec.label_column].astype(object)
+    labels.iloc[4, 1], labels.iloc[5, 1] = 2, "yes"
+    message = assert_refused_and_unchanged(warehouse, spec, labels, "labels")
+    assert message == (
+        "column 'churned': label value(s) 2, 'yes' are not among lumen-streaming's classes [0, 1]; "
+        "nothing from this file was stored"
+    )
+    assert rows_of(warehouse, spec, "week-1")[spec.label_column].isna().all()
+
+
+def test_labels_of_the_known_classes_in_another_type_are_accepted(streaming):
+    """1.0 next to a blank (a CSV column with a missing label reads as floats) and "1" are the class 1."""
+    warehouse, spec, demo = streaming
+    batch = demo.batches[0].copy()
+    batch[spec.label_column] = batch[spec.label_column].astype("float64")
+    batch.loc[batch.index[::3], spec.label_column] = np.nan
+    assert ingest(warehouse, spec, batch, "week-1").new_rows == len(batch)
+    texts = demo.batches[1].assign(**{spec.label_column: demo.batches[1][spec.label_column].astype(str)})
+    assert ingest(warehouse, spec, texts, "week-2").new_rows == len(texts)
+
+
+def test_a_text_label_outside_the_classes_is_refused(warehouse, demo_data):
+    spec = onboard(warehouse, demo_data, SUPPORT)
+    assert spec.task == "multiclass" and spec.label_values == ["high", "low", "medium"]
+    batch = demo_data[SUPPORT].batches[0].copy()
+    batch.loc[batch.index[0], spec.label_column] = "urgent"
+    batch.loc[batch.index[1], spec.label_column] = "High"
+    message = assert_refused_and_unchanged(warehouse, spec, batch, "week-1")
+    assert message == (
+        "column 'priority': label value(s) 'urgent', 'High' are not among atlas-support's classes "
+        "['high', 'low', 'medium']; nothing from this file was stored"
+    )
+
+
+def test_a_spec_saved_without_classes_takes_them_from_the_stored_labels(streaming):
+    warehouse, spec, demo = streaming
+    older = parse_spec({**spec.model_dump(), "label_values": None})
+    assert known_classes(warehouse, older) == [0, 1]
+    batch = demo.batches[0].copy()
+    batch.loc[batch.index[0], spec.label_column] = 7
+    message = assert_refused_and_unchanged(warehouse, older, batch, "week-1")
+    assert message.startswith("column 'churned': label value(s) 7 are not among lumen-streaming's classes [0, 1]")
+
+
+def test_a_regression_customer_has_no_classes(warehouse, demo_data):
+    spec = onboard(warehouse, demo_data, DELIVERY)
+    assert spec.label_values is None and known_classes(warehouse, spec) is None
+    batch = demo_data[DELIVERY].batches[0].copy()
+    batch[spec.label_column] = batch[spec.label_column] * 10
+    assert ingest(warehouse, spec, batch, "week-1").new_rows == len(batch)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Column names: any name a file can hold; names the warehouse cannot keep apart are refused
+
+
+def test_a_batch_with_columns_differing_only_by_case_is_refused_naming_both(streaming):
+    warehouse, spec, demo = streaming
+    batch = demo.batches[0].assign(Plan=demo.batches[0]["plan"])
+    message = assert_refused_and_unchanged(warehouse, spec, batch, "week-1")
+    assert message == (
+        "columns 'plan' and 'Plan' differ only by case, and the warehouse cannot keep both: rename or drop one of them"
+    )
+
+
+def test_a_column_missing_but_present_in_another_case_is_named(streaming):
+    warehouse, spec, demo = streaming
+    batch = demo.batches[0].rename(columns={"plan": "PLAN"})
+    message = assert_refused_and_unchanged(warehouse, spec, batch, "week-1")
+    assert message.endswith("; the file has 'PLAN', which differs only by case")
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "batch.csv"
+    path.write_text("ts,plan,seats,plan\n2025-01-01,a,1,b\n", encoding="utf-8")
+    with pytest.raises(IngestError) as refused:
+        read_source(path)
+    assert str(refused.value) == f"column 'plan' appears more than once in the header of {path}: rename one of them"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numeric timestamps: epoch time read in the unit its size tells
+
+
+MOMENTS = pd.to_datetime(["2025-03-01 08:30:15", "2025-03-08 17:00:00"])
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_epoch_timestamps_are_read_in_the_unit_their_size_tells(unit):
+    epoch = (MOMENTS - pd.Timestamp("1970-01-01")) // pd.Timedelta(1, unit)
+    parsed = parse_timestamps(pd.Series(epoch), "ts")
+    assert parsed.tolist() == MOMENTS.tolist()
+    as_text = parse_timestamps(pd.Series(epoch.astype(str), dtype=object), "ts")
+    assert as_text.tolist() == MOMENTS.tolist()
+
+
+def test_fractional_epoch_seconds_keep_their_fraction():
+    parsed = parse_timestamps(pd.Series([1_740_817_815.25]), "ts")
+    assert parsed.iloc[0] == pd.Timestamp("2025-03-01 08:30:15.250")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            [20250301, 20250302],
+            "column 'ts': 20250301 is too small for a timestamp in seconds, milliseconds, microseconds or "
+            "nanoseconds since 1970: write dates as text (2024-03-15 08:00) or as epoch time",
+        ),
+        (
+            [1_740_817_815, 1_740_817_815_000],
+            "column 'ts': numeric timestamps in several units (1740817815 reads as seconds and 1740817815000 reads "
+            "as milliseconds since 1970): give every timestamp in one unit",
+        ),
+        ([True, False], "column 'ts': true/false values are not timestamps"),
+    ],
+    ids=["yyyymmdd", "mixed-units", "bools"],
+)
+def test_numbers_that_are_no_epoch_timestamps_are_refused_with_a_hint(values, message):
+    with pytest.raises(IngestError) as refused:
+        parse_timestamps(pd.Series(values), "ts")
+    assert str(refused.value) == message
+
+
+def test_a_batch_with_epoch_millisecond_timestamps_is_stored_with_its_dates(streaming, tmp_path):
+    warehouse, spec, demo = streaming
+    batch = demo.batches[0].copy()
+    moments = batch[spec.timestamp_column]
+    batch[spec.timestamp_column] = (moments - pd.Timestamp("1970-01-01")) // pd.Timedelta(1, "ms")
+    path = tmp_path / "batch.csv"
+    batch.to_csv(path, index=False)
+    ingest(warehouse, spec, read_source(path), "week-1")
+    stored = rows_of(warehouse, spec, "week-1").set_index(spec.id_column)[spec.timestamp_column]
+    expected = moments.dt.floor("ms").set_axis(demo.batches[0][spec.id_column])
+    assert (stored.loc[expected.index] == expected).all()
+    assert stored.min().year == moments.min().year

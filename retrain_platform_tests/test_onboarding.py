@@ -135,6 +135,65 @@ def test_an_invalid_customer_id_and_unknown_columns_are_refused():
         onboarding.prepare(history_csv_like().drop(columns=["snapshot_at"]), request())
 
 
+def test_columns_differing_only_by_case_are_refused_naming_both():
+    with pytest.raises(OnboardingError) as refused:
+        onboarding.prepare(history_csv_like().assign(Plan=lambda f: f["plan"]), request())
+    assert str(refused.value) == (
+        "columns 'plan' and 'Plan' differ only by case, and the warehouse cannot keep both: rename or drop one of them"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, own, where",
+    [
+        ("Batch_ID", "batch_id", "the batch id of every stored row"),
+        ("customer", "customer", "the customer id of the training snapshot"),
+    ],
+)
+def test_a_column_named_like_a_platform_column_is_refused(name, own, where):
+    with pytest.raises(OnboardingError) as refused:
+        onboarding.prepare(history_csv_like().rename(columns={"plan": name}), request())
+    assert str(refused.value) == (
+        f"column {name!r} collides with the platform's own column {own!r} ({where}): rename it in the file"
+    )
+
+
+def test_any_column_name_a_file_can_hold_is_onboarded_as_written():
+    names = {"plan": "coût €", "monthly_fee": "monthly fee", "tenure_months": "tenure-months", "churned": "churned?"}
+    prepared = onboarding.prepare(history_csv_like().rename(columns=names), request(label="churned?"))
+    assert {"coût €", "monthly fee", "tenure-months"} <= set(prepared.spec.feature_names)
+    assert prepared.spec.label_column == "churned?" and prepared.spec.label_values == [0, 1]
+    assert {"coût €", "monthly fee", "tenure-months", "churned?"} <= set(prepared.history.columns)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms"])
+def test_epoch_timestamps_are_read_alike_at_onboarding_and_at_ingest(warehouse, unit):
+    frame = generate_customer_frame("lumen-streaming", 1_200, start="2026-03-01", end="2026-07-01", rng=0)
+    moments = frame["snapshot_at"].dt.floor("s")
+    epoch = (moments - pd.Timestamp("1970-01-01")) // pd.Timedelta(1, unit)
+    history, batch = frame.iloc[:1_000].copy(), frame.iloc[1_000:].copy()
+    history["snapshot_at"], batch["snapshot_at"] = epoch.iloc[:1_000], epoch.iloc[1_000:]
+
+    prepared = onboarding.prepare(history, request(timestamp="snapshot_at", batch_period="month"))
+    assert prepared.history["snapshot_at"].tolist() == moments.iloc[:1_000].tolist()
+    assert prepared.batch_ids == ["history-2026-03", "history-2026-04", "history-2026-05", "history-2026-06"]
+    onboarding.load_history(warehouse, prepared, onboarding.utc_now())
+    ingest(warehouse, prepared.spec, batch, "week-1")
+    stored = warehouse.query('select "snapshot_at" from "landing_acme" where "batch_id" = ? order by 1', ["week-1"])
+    assert stored["snapshot_at"].tolist() == sorted(moments.iloc[1_000:].tolist())
+
+
+def test_numbers_too_small_for_epoch_time_are_refused_at_onboarding_with_a_hint():
+    frame = history_csv_like()
+    frame["snapshot_at"] = pd.to_datetime(frame["snapshot_at"]).dt.strftime("%Y%m%d").astype(int)
+    with pytest.raises(OnboardingError) as refused:
+        onboarding.prepare(frame, request(timestamp="snapshot_at"))
+    assert str(refused.value) == (
+        f"column 'snapshot_at': {frame['snapshot_at'].iloc[0]} is too small for a timestamp in seconds, milliseconds, "
+        "microseconds or nanoseconds since 1970: write dates as text (2024-03-15 08:00) or as epoch time"
+    )
+
+
 def test_listing_features_leaves_the_others_out():
     prepared = onboarding.prepare(history_csv_like().assign(region="eu"), request(features=["plan", "monthly_fee"]))
     assert prepared.spec.feature_names == ["plan", "monthly_fee"]

@@ -188,9 +188,31 @@ def test_unknown_feature_kind_names_the_field():
     assert "features.0.kind:" in message
 
 
-def test_a_feature_name_that_is_not_an_identifier_is_rejected():
-    message = _error(spec_data(features=[{"name": "monthly fee", "kind": "numeric"}]))
-    assert "features.0.name" in message and "'monthly fee' is not a plain identifier" in message
+@pytest.mark.parametrize("name", ["air temp", "wind-speed", "rel. humidity", "coût €", 'say "hi"', "Plan"])
+def test_any_column_name_a_file_can_hold_is_a_valid_feature_and_label(name):
+    spec = parse_spec(spec_data(label_column=f"{name} label", features=[{"name": name, "kind": "numeric"}]))
+    assert spec.feature_names == [name]
+    assert spec.label_column == f"{name} label"
+
+
+def test_an_empty_feature_name_is_rejected_in_one_line_naming_the_field():
+    message = _error(spec_data(features=[{"name": "", "kind": "numeric"}]))
+    assert message == "invalid customer spec: features.0.name: '' is not a column name (a non-empty text is needed)"
+
+
+def test_columns_differing_only_by_case_are_rejected_naming_both():
+    message = _error(spec_data(features=[{"name": "plan", "kind": "categorical"}, {"name": "Plan", "kind": "numeric"}]))
+    assert message == (
+        "invalid customer spec: features: columns 'plan' and 'Plan' differ only by case, and the warehouse "
+        "cannot keep both: rename or drop one of them"
+    )
+
+
+def test_invalid_drift_thresholds_are_rejected_in_one_line_naming_the_field():
+    message = _error(spec_data(drift_thresholds={"dataset_share": "most", "bins": 3}))
+    assert "\n" not in message
+    assert message.startswith("invalid customer spec: drift_thresholds.dataset_share: ")
+    assert "drift_thresholds.bins: " in message and "pydantic" not in message
 
 
 def test_primary_metric_must_suit_the_task():
@@ -239,6 +261,27 @@ def test_complete_spec_infers_features_and_kinds_from_the_data():
     assert spec.categorical_features == ["plan", "autopay"]
     assert spec.task == "binary"
     assert spec.primary_metric == "roc_auc"
+
+
+@pytest.mark.parametrize(
+    "labels, classes",
+    [
+        (np.arange(60) % 2, [0, 1]),
+        (np.where(np.arange(60) % 3 == 0, np.nan, np.arange(60) % 2), [0, 1]),  # 0.0/1.0 next to NULLs
+        (np.array(["yes", "no", "maybe"] * 20), ["maybe", "no", "yes"]),
+        (np.arange(60) % 2 == 0, [False, True]),
+    ],
+    ids=["ints", "floats-with-nulls", "text", "bools"],
+)
+def test_complete_spec_records_the_classes_of_a_classification_label(labels, classes):
+    spec = complete_spec(parse_spec(spec_data()), sample(churned=labels))
+    assert spec.label_values == classes
+    assert parse_spec(spec.model_dump(mode="json")).label_values == classes
+
+
+def test_complete_spec_records_no_classes_for_regression():
+    spec = complete_spec(parse_spec(spec_data()), sample(churned=np.linspace(0, 100, 60)))
+    assert spec.task == "regression" and spec.label_values is None
 
 
 def test_complete_spec_leaves_out_the_id_column():
