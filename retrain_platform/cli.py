@@ -75,7 +75,15 @@ def cmd_demo(args) -> int:
                 "arrive and are scored, the sensors tick, the labels arrive, the sensors tick again"
             )
             for customer in week.waiting if week.number == 1 else []:
-                print(f"{customer}: no champion yet, its batches wait; approve it with: retrain-platform approve {customer}")
+                print(
+                    f"{customer}: no champion yet, its batches wait; a reviewer approves what waits at the start of "
+                    f"each week (yourself: retrain-platform approve {customer})"
+                )
+            for entry in week.approved:
+                print(
+                    f"{entry.customer}: version {entry.to_version} approved ({entry.reasons.split(';')[0]}); "
+                    f"champion {entry.from_version or '-'} -> {entry.champion_after}"
+                )
             for outcome in week.batches:
                 for line in _batch_lines(outcome):
                     print(line)
@@ -570,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--source", help="a .csv or .parquet file with a label and a time order")
     replay.add_argument("--example", nargs="?", const="seattle-weather", metavar="NAME",
-                        help="replay a shipped dataset instead: seattle-weather (default) or a demo customer")  # fmt: skip
+                        help="replay a shipped dataset instead: seattle-weather (default), a demo customer, or a demo "
+                        "customer with -steady (the same customer without drift, the control)")  # fmt: skip
     replay.add_argument("--label", help="the label column")
     replay.add_argument("--timestamp", help="the timestamp column (default: inferred as onboard does)")
     replay.add_argument("--id", help="a unique row id column (default: rows are numbered)")

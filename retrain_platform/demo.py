@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from retrain_platform import deployment
 from retrain_platform.defs.automation import (
     AUTO_ROLLBACK_SENSOR,
     DEPLOYMENT_ALERTS_SENSOR,
@@ -17,12 +18,15 @@ from retrain_platform.defs.automation import (
 )
 from retrain_platform.defs.resources import Clock
 from retrain_platform.demo_data import HISTORY_END, DemoCustomer, batch_window, demo_customers
+from retrain_platform.ledger import LedgerEntry
 from retrain_platform.replay import ReplayBatch, arrive
 from retrain_platform.runner import BatchOutcome, Firing, RunOutcome, Runner
 from retrain_platform.spec import CustomerSpec, complete_spec, parse_spec
 
 DEMO_TRIGGER = "demo"
 FIRST_TRAINING = f"{DEMO_TRIGGER}: first training"
+# Approve mode needs a person: in the demo one reviews what waits at the start of every week from the second.
+REVIEWER = "demo: weekly review"
 # Every shipped retraining sensor but new_labels: each demo week brings 1,000 labels, its default
 # threshold, so it would retrain every customer every week and the demo would show little else.
 DEMO_SENSORS = (DRIFT_SENSOR, PERFORMANCE_SENSOR, AUTO_ROLLBACK_SENSOR, DEPLOYMENT_ALERTS_SENSOR)
@@ -41,6 +45,7 @@ class DemoWeek:
     ends: pd.Timestamp
     arrived: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    approved: list[LedgerEntry] = field(default_factory=list)
     batches: list[BatchOutcome] = field(default_factory=list)
     firings: list[Firing] = field(default_factory=list)
 
@@ -62,12 +67,14 @@ def train_first_models(runner: Runner, setups: list[DemoCustomerSetup]) -> None:
 
 
 def replay_weeks(runner: Runner, setups: list[DemoCustomerSetup], weeks: int) -> Iterator[DemoWeek]:
-    """The weeks after the history, one at a time: customers with a champion receive their batch; those
-    without one (approve mode before an approval) wait."""
+    """The weeks after the history, one at a time: from the second week a reviewer first approves what
+    waits for approval; customers with a champion receive their batch; those without one wait."""
     cursors: dict[str, str | None] = {}
     for index in range(min(weeks, len(setups[0].customer.batches))):
         start, end = batch_window(index)
         week = DemoWeek(index + 1, end)
+        if index > 0:
+            week.approved = review_approvals(runner, [setup.spec for setup in setups], start)
         arrivals = []
         for setup in setups:
             if setup.training is None or not setup.training.success:
@@ -81,3 +88,14 @@ def replay_weeks(runner: Runner, setups: list[DemoCustomerSetup], weeks: int) ->
         step = arrive(runner, arrivals, DEMO_SENSORS, cursors, Clock(frozen_at=end.isoformat()))
         week.batches, week.firings = step.batches, step.firings
         yield week
+
+
+def review_approvals(runner: Runner, specs: list[CustomerSpec], now: pd.Timestamp) -> list[LedgerEntry]:
+    """Approve, as a person would, the latest version of each approve-mode customer awaiting approval."""
+    approved = []
+    for spec in specs:
+        if spec.mode == "approve" and deployment.pending_versions(runner.registry, spec):
+            approved.append(
+                deployment.approve(runner.warehouse, runner.registry, spec, now=now.to_pydatetime(), approved_by=REVIEWER)
+            )
+    return approved

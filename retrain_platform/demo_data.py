@@ -679,11 +679,13 @@ def demo_customers(
     history_rows: int = DEFAULT_HISTORY_ROWS,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     n_batches: int = DEFAULT_BATCHES,
+    drift: bool = True,
 ) -> list[DemoCustomer]:
     """The demo customers, each with a different drift, reproducible from `seed`.
 
     History covers the 120 days up to 2026-09-30; batch `i` is the `i + 1`-th week after it. Each
     customer's drift starts at batch `drift_from` (2 or 3), so the first batches look like the history.
+    Without `drift`, every batch is drawn like the history: the control a retraining policy is judged on.
     """
     if not 0 <= n_batches <= MAX_BATCHES:
         raise ValueError(
@@ -711,7 +713,7 @@ def demo_customers(
                     start=start,
                     end=end,
                     rng=_rng(seed, number, index + 1),
-                    drifted=index >= blueprint.drift_from,
+                    drifted=drift and index >= blueprint.drift_from,
                     first_id=1 + history_rows + index * batch_rows,
                 )
             )
@@ -720,9 +722,9 @@ def demo_customers(
                 spec=blueprint.spec(),
                 history=history,
                 batches=batches,
-                drift=blueprint.drift,
-                drift_kind=blueprint.drift_kind,
-                drift_from=blueprint.drift_from,
+                drift=blueprint.drift if drift else "no drift: every batch is drawn like the history",
+                drift_kind=blueprint.drift_kind if drift else "none",
+                drift_from=blueprint.drift_from if drift else None,
             )
         )
     return customers

@@ -26,7 +26,8 @@ How a column is judged (each rule can mark it drifted on its own; `reason` says 
    moves by at least `missing_share`, absolute, in either direction, and a chi-square test says it is not
    noise.
 
-The dataset drifts when the share of drifted features reaches `dataset_share`. Chi-square tests pool
+The dataset drifts when the share of drifted features reaches `dataset_share`, each feature weighted by the
+model's importance when the baseline knows it (unweighted otherwise). Chi-square tests pool
 categories until every expected count is at least 5, and the distances pool categories under
 `rare_category_share` in both samples into one "other" bucket, so categories seen in only one sample, or a
 handful of times, do not create drift. Numeric values are compared as float32: a difference below seven
@@ -290,6 +291,8 @@ class Baseline:
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
     prediction: Profile | None = None
     label: Profile | None = None
+    # How much the model relies on each feature (sums to 1): the dataset verdict then weighs drift by it.
+    importance: dict[str, float] | None = None
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -303,6 +306,7 @@ class Baseline:
             "features": {name: profile.to_dict() for name, profile in self.features.items()},
             "prediction": None if self.prediction is None else self.prediction.to_dict(),
             "label": None if self.label is None else self.label.to_dict(),
+            "importance": self.importance,
         }
 
     @classmethod
@@ -315,6 +319,7 @@ class Baseline:
             thresholds=DriftThresholds.model_validate(data["thresholds"]),
             prediction=None if data.get("prediction") is None else _profile_from_dict(data["prediction"]),
             label=None if data.get("label") is None else _profile_from_dict(data["label"]),
+            importance=data.get("importance"),
         )
 
     def to_json(self) -> str:
@@ -500,6 +505,7 @@ def build_baseline(
     n_bins: int = DEFAULT_BINS,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     max_categories: int = DEFAULT_MAX_CATEGORIES,
+    importance: Mapping[str, float] | None = None,
 ) -> Baseline:
     """Summarise the reference data into a small `Baseline` that `detect` compares batches with.
 
@@ -508,7 +514,8 @@ def build_baseline(
     floats and categorical otherwise unless `prediction_kind` / `label_kind` say. `thresholds` become the
     defaults of `detect`. Numeric columns get `n_bins` quantile bins and a sorted sample of `sample_size`
     values drawn with `seed`; categorical ones keep the counts of their `max_categories` most frequent
-    categories and pool the rest as "other".
+    categories and pool the rest as "other". `importance` (feature -> weight) makes the dataset verdict of
+    `detect` weigh each drifted feature by how much the model relies on it.
     """
     if n_bins < 2:
         raise ValueError("n_bins: at least 2 bins are needed")
@@ -541,6 +548,7 @@ def build_baseline(
         thresholds=_as_thresholds(thresholds) or DriftThresholds(),
         prediction=prediction,
         label=label,
+        importance=dict(importance) if importance else None,
     )
 
 
@@ -840,7 +848,10 @@ class DriftResult:
 
     `columns` has one row per feature (see `RESULT_COLUMNS`); `drift_share` is the share of drifted
     features and `dataset_drifted` whether it reached the dataset threshold; `prediction_drift` is the
-    same kind of row for the model's predictions, when they were given.
+    same kind of row for the model's predictions, when they were given. With a baseline that knows the
+    model's feature importance, `importance_share` is the share of that importance that drifted, and it is
+    what the dataset verdict compares with the threshold: drift of features the model ignores is no reason
+    to retrain it.
     """
 
     columns: pd.DataFrame
@@ -849,6 +860,7 @@ class DriftResult:
     n_rows: int
     thresholds: DriftThresholds
     prediction_drift: dict[str, Any] | None = None
+    importance_share: float | None = None
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -858,6 +870,7 @@ class DriftResult:
         """Plain, JSON-serialisable data (NaN becomes None)."""
         return {
             "drift_share": self.drift_share,
+            "importance_share": self.importance_share,
             "dataset_drifted": self.dataset_drifted,
             "n_rows": self.n_rows,
             "drifted_columns": self.drifted_columns,
@@ -948,14 +961,21 @@ def detect(
     ]
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     drift_share = float(table["drifted"].mean()) if len(table) else 0.0
+    importance_share = None
+    if baseline.importance and len(table):
+        weights = table["column"].map(baseline.importance).fillna(0.0).to_numpy(dtype=float)
+        if weights.sum() > 0:
+            importance_share = float(weights[table["drifted"].to_numpy(dtype=bool)].sum() / weights.sum())
+    verdict_share = drift_share if importance_share is None else importance_share
     prediction_drift = None
     if prediction_counter is not None:
         prediction_drift = _compare(PREDICTION, baseline.prediction, prediction_counter, limits.for_column(PREDICTION))
     return DriftResult(
         columns=table,
         drift_share=drift_share,
-        dataset_drifted=bool(len(table)) and drift_share >= limits.dataset_share,
+        dataset_drifted=bool(len(table)) and verdict_share >= limits.dataset_share,
         n_rows=n_rows,
         thresholds=limits,
         prediction_drift=prediction_drift,
+        importance_share=importance_share,
     )

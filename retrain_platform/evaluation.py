@@ -54,6 +54,7 @@ FLOOR_GATE = "absolute floor"
 IMPROVEMENT_GATE = "improvement over champion"
 INTERVAL_GATE = "confidence interval"
 SECONDARY_GATE = "secondary metrics"
+HOLDOUT_GATE = "holdout size"
 
 GREATER_IS_BETTER: dict[str, bool] = {
     "accuracy": True,
@@ -728,11 +729,13 @@ def decide(
     difference_interval: DifferenceInterval | None,
     thresholds: PromotionThresholds,
     secondary: dict[str, SecondaryEvidence] | None = None,
+    holdout_rows: int | None = None,
 ) -> Verdict:
     """PROMOTE, HOLD or REJECT a challenger, with every gate's outcome and reason.
 
     A failed floor or a challenger clearly worse (interval entirely below 0) rejects; any other failed
     gate holds. Without a champion only the floor applies, since there is nothing to compare with.
+    Replacing a champion also needs a holdout of at least `thresholds.min_holdout_rows` rows.
     """
     if primary_metric not in metrics_for(task):
         raise ValueError(f"{primary_metric!r} is not a {task} metric: use one of {list(metrics_for(task))}")
@@ -752,6 +755,8 @@ def decide(
             task, primary_metric, challenger_metrics, champion_metrics, thresholds.secondary_tolerance, secondary
         ),
     ]
+    if holdout_rows is not None:
+        gates.append(_holdout_gate(holdout_rows, thresholds.min_holdout_rows))
     failed = [gate for gate in gates if not gate.passed]
     if not failed:
         return Verdict(PROMOTE, gates, "the challenger passed every gate")
@@ -759,6 +764,19 @@ def decide(
     names = ", ".join(gate.name for gate in failed)
     consequence = "the champion keeps serving" if decision == HOLD else "the challenger is discarded"
     return Verdict(decision, gates, f"failed {names}; {consequence}")
+
+
+def _holdout_gate(rows: int, needed: int) -> Gate:
+    # A percentile bootstrap interval is too narrow on a small sample: below `needed` rows a "significant"
+    # gain is too often one that the next batches do not confirm.
+    if rows >= needed:
+        return Gate(HOLDOUT_GATE, True, f"{rows:,} holdout rows >= {needed:,}")
+    return Gate(
+        HOLDOUT_GATE,
+        False,
+        f"{rows:,} holdout rows < {needed:,}: too few to trust the comparison (raise holdout_fraction or the "
+        "training window)",
+    )
 
 
 def _json_float(value: float | None) -> float | None:
@@ -897,7 +915,10 @@ def evaluate(
             task, primary_metric, y_true, champion_output, challenger_output,
             rounds=thresholds.bootstrap_rounds, confidence=thresholds.confidence, seed=seed,
         )  # fmt: skip
-    verdict = decide(task, primary_metric, challenger_metrics, champion_metrics, difference, thresholds, secondary)
+    verdict = decide(
+        task, primary_metric, challenger_metrics, champion_metrics, difference, thresholds, secondary,
+        holdout_rows=len(challenger_output),
+    )  # fmt: skip
     return EvaluationReport(
         customer=customer,
         task=task,

@@ -12,6 +12,8 @@ from retrain_platform import demo_data
 
 SEATTLE_WEATHER = "seattle-weather"
 DEFAULT_EXAMPLE = SEATTLE_WEATHER
+# `<demo customer>-steady`: that customer with no drift at all, the control for a retraining policy.
+STEADY = "-steady"
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Example:
 
 
 def example_names() -> list[str]:
-    return [SEATTLE_WEATHER, *demo_data.DEMO_CUSTOMER_NAMES]
+    return [SEATTLE_WEATHER, *demo_data.DEMO_CUSTOMER_NAMES, *(name + STEADY for name in demo_data.DEMO_CUSTOMER_NAMES)]
 
 
 def load_example(name: str = DEFAULT_EXAMPLE) -> Example:
@@ -36,6 +38,8 @@ def load_example(name: str = DEFAULT_EXAMPLE) -> Example:
         return seattle_weather()
     if name in demo_data.DEMO_CUSTOMER_NAMES:
         return demo_customer(name)
+    if name.removesuffix(STEADY) in demo_data.DEMO_CUSTOMER_NAMES:
+        return demo_customer(name.removesuffix(STEADY), drift=False)
     raise ValueError(f"--example: {name!r} is not one of {', '.join(example_names())}")
 
 
@@ -60,15 +64,16 @@ def seattle_weather() -> Example:
     )
 
 
-def demo_customer(name: str, seed: int = 0) -> Example:
-    """A demo customer's history and its weekly batches, as one file would hold them."""
-    customer = next(c for c in demo_data.demo_customers(seed=seed) if c.customer == name)
+def demo_customer(name: str, seed: int = 0, drift: bool = True) -> Example:
+    """A demo customer's history and its weekly batches, as one file would hold them (without its drift,
+    every batch drawn like the history)."""
+    customer = next(c for c in demo_data.demo_customers(seed=seed, drift=drift) if c.customer == name)
     spec = customer.spec
     kept = ("thresholds", "automation", "drift_thresholds", "training_window_days", "min_training_rows", "task",
             "primary_metric", "features", "label_values", "holdout_fraction")  # fmt: skip
     frame = pd.concat([customer.history, *customer.batches], ignore_index=True)
     return Example(
-        name=name,
+        name=name if drift else name + STEADY,
         frame=frame,
         label=spec["label_column"],
         timestamp=spec["timestamp_column"],

@@ -26,6 +26,7 @@ from sklearn.ensemble import (
 )
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
+from sklearn.inspection import permutation_importance
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.base import clone
 from sklearn.metrics import f1_score, get_scorer, make_scorer, precision_score, recall_score
@@ -432,6 +433,35 @@ def decision_threshold(model: Any) -> float | None:
     """The cut-off a binary model predicts the positive class at, when it has one of its own."""
     threshold = getattr(model, "threshold", None)
     return float(threshold) if isinstance(threshold, (int, float)) else None
+
+
+# Permutation importance costs one prediction per feature and repeat; past this many features the drift
+# verdict falls back to the plain share of drifted features.
+MAX_IMPORTANCE_FEATURES = 100
+
+
+def feature_importance(model: Any, features: FeatureSet, rows: int = 1000, repeats: int = 3) -> dict[str, float] | None:
+    """How much the model relies on each input feature: permutation importance of the primary metric on
+    (a sample of) the holdout, clipped at zero and normalised to sum to 1. None when it cannot be told."""
+    spec = features.spec
+    if len(spec.feature_names) > MAX_IMPORTANCE_FEATURES or len(features.holdout) < 2:
+        return None
+    sample = features.holdout.tail(rows)
+    try:
+        found = permutation_importance(
+            model,
+            sample[spec.feature_names],
+            sample[spec.label_column].to_numpy(),
+            scoring=SCORERS[(spec.task, spec.primary_metric)],
+            n_repeats=repeats,
+            random_state=0,
+        )
+    except ValueError:  # a holdout sample with one class cannot be scored by ROC AUC
+        return None
+    weights = np.clip(np.nan_to_num(found.importances_mean), 0.0, None)
+    if weights.sum() <= 0:
+        return None
+    return {name: float(weight) for name, weight in zip(spec.feature_names, weights / weights.sum(), strict=True)}
 
 
 def release_search_workers() -> None:

@@ -181,14 +181,14 @@ def measure_batch(
             if champion is not None:
                 champion_output = model_outputs(champion[1], features)
                 if spec.task == "regression":
-                    chunk = chunk.assign(**{SCORE: champion_output})
+                    chunk = chunk.assign(**{drift.PREDICTION: champion_output})
                 elif spec.task == "binary":
                     estimate_scores.append(champion_output[:, 1])
-                    chunk = chunk.assign(**{SCORE: champion_output[:, 1]})
+                    chunk = chunk.assign(**{drift.PREDICTION: champion_output[:, 1]})
                 else:
                     estimate_scores.append(champion_output)
                     classes = np.asarray(champion[1].classes_)
-                    chunk = chunk.assign(**{SCORE: classes[np.argmax(champion_output, axis=1)].astype(str)})
+                    chunk = chunk.assign(**{drift.PREDICTION: classes[np.argmax(champion_output, axis=1)].astype(str)})
             if is_labelled.any():
                 y = chunk.loc[is_labelled, spec.label_column].to_numpy()
                 labels.append(y.astype(float) if spec.task == "regression" else y)
@@ -199,7 +199,9 @@ def measure_batch(
                         outputs[role].append(model_outputs(pipeline, features[is_labelled]))
             yield chunk
 
-    result = drift.detect(baseline, chunks(), predictions=SCORE if champion is not None else None)
+    # The champion's output rides in the chunk under a name onboarding refuses for a column: a feature named
+    # `score` keeps its own values.
+    result = drift.detect(baseline, chunks(), predictions=drift.PREDICTION if champion is not None else None)
     realized: dict[str, dict[str, float]] = {}
     labelled_rows = int(sum(len(y) for y in labels))
     if labelled_rows:
@@ -216,13 +218,8 @@ def measure_batch(
             realized[role] = compute_metrics(spec.task, y_true, output)
     estimated: dict[str, float] = {}
     if estimate_scores:
-        scores = np.concatenate(estimate_scores)
         cut = decision_threshold(champion[1]) if spec.task == "binary" else None
-        cut = 0.5 if cut is None else cut
-        estimated["accuracy"] = performance.estimate_accuracy(scores, cut)
-        if spec.task == "binary":
-            estimated["roc_auc"] = performance.estimate_roc_auc(scores)
-            estimated["f1"] = performance.estimate_f1(scores, cut)
+        estimated = performance.estimate_metrics(np.concatenate(estimate_scores), spec.task, cut)
     return BatchReport(
         drift=result,
         realized=realized,

@@ -128,3 +128,16 @@ def estimate_f1(proba: ArrayLike, threshold: float = 0.5) -> float:
     """
     tp, fp, fn = _expected_confusion(proba, threshold)
     return _ratio(2.0 * tp, 2.0 * tp + fp + fn)
+
+
+def estimate_metrics(scores: ArrayLike, task: str, threshold: float | None = None) -> dict[str, float]:
+    """Every label-free estimate for a task: `scores` are the positive-class probabilities of a binary
+    model (cut at `threshold`, 0.5 by default) or the class probabilities of a multiclass one."""
+    cut = 0.5 if threshold is None else threshold
+    if task == "regression":
+        return {}
+    estimated = {"accuracy": estimate_accuracy(scores, cut)}
+    if task == "binary":
+        estimated["roc_auc"] = estimate_roc_auc(scores)
+        estimated["f1"] = estimate_f1(scores, cut)
+    return estimated

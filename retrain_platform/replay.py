@@ -305,10 +305,19 @@ class PolicyOptions:
 
 
 def policy_sensors(policy: str) -> tuple[str, ...]:
-    from retrain_platform.defs.automation import DRIFT_SENSOR, PERFORMANCE_SENSOR
+    """The sensors a policy ticks. Policies differ in when they retrain; every policy that retrains keeps
+    the platform's safety net, the automatic rollback of a promotion that then does worse in shadow."""
+    from retrain_platform.defs.automation import AUTO_ROLLBACK_SENSOR, DRIFT_SENSOR, PERFORMANCE_SENSOR
     from retrain_platform.runner import SHIPPED_SENSORS
 
-    return {DRIFT: (DRIFT_SENSOR,), PERFORMANCE: (PERFORMANCE_SENSOR,), DEFAULT: SHIPPED_SENSORS}.get(policy, ())
+    return {
+        NEVER: (),
+        SCHEDULED: (AUTO_ROLLBACK_SENSOR,),
+        DRIFT: (DRIFT_SENSOR, AUTO_ROLLBACK_SENSOR),
+        PERFORMANCE: (PERFORMANCE_SENSOR, AUTO_ROLLBACK_SENSOR),
+        DEFAULT: SHIPPED_SENSORS,
+        ALWAYS: (AUTO_ROLLBACK_SENSOR,),
+    }[policy]
 
 
 def retrains_after(policy: str, batch_number: int, total: int, every: int) -> bool:

@@ -7,8 +7,10 @@ say (feature kinds, the task, the primary metric) is inferred from the data by `
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -41,10 +43,36 @@ def validate_customer_id(customer: str) -> str:
 
 
 def validate_identifier(name: str, field: str) -> str:
-    """Table and column names reach SQL, so only plain identifiers are accepted."""
+    """Table names the platform makes itself: only plain identifiers are accepted."""
     if not isinstance(name, str) or not IDENTIFIER_PATTERN.fullmatch(name):
         raise SpecError(f"{field}: {name!r} is not a plain identifier (letters, digits and '_')")
     return name
+
+
+def validate_column_name(name: str, field: str) -> str:
+    """Any name a CSV or Parquet file can hold (spaces, dashes, dots, accents): SQL quotes every column."""
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{field}: {name!r} is not a column name (a non-empty text is needed)")
+    return name
+
+
+def case_collision(names: Iterable[str]) -> tuple[str, str] | None:
+    """The first two names that differ only by case: DuckDB matches names regardless of case, quoted or not,
+    so it cannot store both (it silently renames one, and every later query by name misses it)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        folded = str(name).casefold()
+        if folded in seen and seen[folded] != name:
+            return seen[folded], str(name)
+        seen.setdefault(folded, str(name))
+    return None
+
+
+def case_collision_message(first: str, second: str) -> str:
+    return (
+        f"columns {first!r} and {second!r} differ only by case, and the warehouse cannot keep both: "
+        "rename or drop one of them"
+    )
 
 
 class FeatureSpec(BaseModel):
@@ -58,8 +86,8 @@ class FeatureSpec(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _plain_name(cls, value: str) -> str:
-        return validate_identifier(value, "features.name")
+    def _column_name(cls, value: str) -> str:
+        return validate_column_name(value, "name")
 
 
 class PromotionThresholds(BaseModel):
@@ -67,7 +95,9 @@ class PromotionThresholds(BaseModel):
 
     `floor` is the absolute bound on the primary metric (a minimum, or a maximum for error metrics);
     `min_absolute_change` and `min_relative_change` are the improvement over the champion that a
-    challenger must show; `secondary_tolerance` is how much any other metric may get worse.
+    challenger must show; `secondary_tolerance` is how much any other metric may get worse;
+    `min_holdout_rows` is the smallest holdout on which a challenger may replace a champion (the same 100
+    rows a batch's realized metric needs to count).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,6 +106,7 @@ class PromotionThresholds(BaseModel):
     min_absolute_change: float = Field(default=0.0, ge=0.0)
     min_relative_change: float = Field(default=0.0, ge=0.0)
     secondary_tolerance: float = Field(default=0.02, ge=0.0)
+    min_holdout_rows: int = Field(default=100, ge=1)
     bootstrap_rounds: int = Field(default=500, ge=50, le=20_000)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
@@ -110,8 +141,9 @@ class AutomationSettings(BaseModel):
     all show dataset drift; `cooldown_hours` is the least time between two trainings, whatever triggered
     them; `new_labels_threshold` is how many labelled rows a training would add before one is requested,
     and `new_labels_share` how many next to the last training set (1.0: as many rows again);
-    `performance_drop` is how far (a share of the champion's holdout metric) its metric on a batch may fall
-    before the performance trigger retrains, and half of it confirms a drift trigger (unless
+    `performance_drop` is how far (a share of the champion's holdout metric) its metric may fall on each of
+    `performance_batches` latest batches before the performance trigger retrains, and half of it on the
+    latest batch confirms a drift trigger (unless
     `drift_needs_confirmation` is off: drift alone then retrains);
     `min_labelled_rows` is how many labels a batch needs for its realized metric to count (below it, the
     label-free estimate is used); a freshly promoted champion whose realized primary metric is worse than
@@ -127,6 +159,7 @@ class AutomationSettings(BaseModel):
     new_labels_threshold: int = Field(default=1000, ge=1)
     new_labels_share: float = Field(default=1.0, ge=0.0)
     performance_drop: float = Field(default=0.05, ge=0.0, lt=1.0)
+    performance_batches: int = Field(default=2, ge=1, le=100)
     drift_needs_confirmation: bool = True
     min_labelled_rows: int = Field(default=100, ge=1)
     rollback_tolerance: float = Field(default=0.02, ge=0.0)
@@ -142,7 +175,7 @@ class CustomerSpec(BaseModel):
     timestamp_column: str
     label_column: str
     id_column: str | None = None
-    label_values: list[str | int | bool] | None = None
+    label_values: list[str | int | bool | float] | None = None
     features: list[FeatureSpec] | None = None
     task: Task | None = None
     primary_metric: str | None = None
@@ -163,10 +196,27 @@ class CustomerSpec(BaseModel):
     def _customer_id(cls, value: str) -> str:
         return validate_customer_id(value)
 
-    @field_validator("landing_table", "timestamp_column", "label_column", "id_column")
+    @field_validator("landing_table")
     @classmethod
-    def _identifiers(cls, value: str | None, info) -> str | None:
-        return None if value is None else validate_identifier(value, info.field_name)
+    def _table_name(cls, value: str) -> str:
+        return validate_identifier(value, "landing_table")
+
+    @field_validator("timestamp_column", "label_column", "id_column")
+    @classmethod
+    def _column_names(cls, value: str | None, info) -> str | None:
+        return None if value is None else validate_column_name(value, info.field_name)
+
+    @field_validator("drift_thresholds")
+    @classmethod
+    def _drift_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Imported here: drift pulls in scipy, which the many light users of this module do not need.
+        from retrain_platform.drift import DriftThresholds
+
+        try:
+            DriftThresholds.model_validate(value)
+        except ValidationError as exc:
+            raise ValueError(_one_line(exc, prefix="drift_thresholds")) from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CustomerSpec:
@@ -180,6 +230,9 @@ class CustomerSpec(BaseModel):
                 raise ValueError(f"features: {sorted(clash)} is also the timestamp, label or id column")
             if not names:
                 raise ValueError("features: at least one feature column is needed")
+            collision = case_collision([*sorted(reserved), *names])
+            if collision:
+                raise ValueError(f"features: {case_collision_message(*collision)}")
         if self.primary_metric is not None:
             allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
             if self.task is None:
@@ -231,13 +284,24 @@ def parse_spec(data: dict) -> CustomerSpec:
     try:
         return CustomerSpec.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "spec"
-            message = error["msg"].removeprefix("Value error, ")
-            message = message.removeprefix(f"{where}: ")
-            problems.append(f"{where}: {message}")
-        raise SpecError("invalid customer spec: " + "; ".join(problems)) from None
+        raise SpecError("invalid customer spec: " + _one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError, prefix: str = "") -> str:
+    """Pydantic's errors as `field: problem; field: problem`, without its multi-line layout."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in [prefix, *error["loc"]] if part != "")
+        message = " ".join(error["msg"].removeprefix("Value error, ").split())
+        head, _, rest = message.partition(": ")
+        if not where and rest:
+            where, message = head, rest  # a check of the whole spec names its field in its message
+        elif rest and (where == head or where.endswith(f".{head}")):
+            message = rest
+        where = where or "spec"
+        # A nested model's own validation already names the full path of each field.
+        problems.append(message if message.startswith(f"{where}.") else f"{where}: {message}")
+    return "; ".join(problems)
 
 
 def infer_task(labels: pd.Series) -> Task:
@@ -273,9 +337,7 @@ def complete_spec(spec: CustomerSpec, sample: pd.DataFrame) -> CustomerSpec:
             raise SpecError(f"{field}: column {column!r} is not in the data (columns: {list(sample.columns)})")
     if spec.features is None:
         features = [
-            FeatureSpec(name=column, kind=infer_kind(sample[column]))
-            for column in sample.columns
-            if column not in reserved
+            {"name": column, "kind": infer_kind(sample[column])} for column in sample.columns if column not in reserved
         ]
         if not features:
             raise SpecError("features: the data has no column besides the timestamp, label and id")
@@ -283,9 +345,38 @@ def complete_spec(spec: CustomerSpec, sample: pd.DataFrame) -> CustomerSpec:
         missing = [f.name for f in spec.features if f.name not in sample.columns]
         if missing:
             raise SpecError(f"features: column(s) {missing} are not in the data")
-        features = spec.features
+        features = [f.model_dump() for f in spec.features]
     task = spec.task or infer_task(sample[spec.label_column])
     primary = spec.primary_metric or DEFAULT_PRIMARY_METRIC[task]
+    label_values = spec.label_values
+    if label_values is None and task != "regression":
+        label_values = class_values(sample[spec.label_column])
     return parse_spec(
-        {**spec.model_dump(), "features": [f.model_dump() for f in features], "task": task, "primary_metric": primary}
+        {
+            **spec.model_dump(),
+            "features": features,
+            "task": task,
+            "primary_metric": primary,
+            "label_values": label_values,
+        }
     )
+
+
+def class_value(value: Any) -> str | int | float | bool:
+    """A label as a plain value: 1.0 (an integer label read back as a float next to a NULL) is the class 1."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else float(value)
+    return str(value)
+
+
+def class_values(labels: pd.Series) -> list[str | int | float | bool]:
+    """The distinct classes of a label column, as plain values, sorted."""
+    values = {class_value(value) for value in labels.dropna().unique()}
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)

@@ -17,6 +17,7 @@ STATUS_KEYS = (
     "onboarding",
 )
 HOLDOUT_TAG_PREFIX = "holdout_"
+HOLDOUT_ESTIMATED_TAG_PREFIX = "holdout_estimated_"
 
 
 def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]:
@@ -44,9 +45,11 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
     return rows
 
 
-def holdout_metric(registry: ModelRegistry, model_name: str, version: str, metric: str) -> float | None:
-    """What a version scored on its training's holdout (None for a version trained before this was kept)."""
-    tag = registry.version_tags(model_name, version).get(HOLDOUT_TAG_PREFIX + metric)
+def holdout_metric(registry: ModelRegistry, model_name: str, version: str, metric: str, estimated: bool = False) -> float | None:
+    """What a version scored on its training's holdout, or with `estimated` its label-free estimate there
+    (None for a version trained before this was kept)."""
+    prefix = HOLDOUT_ESTIMATED_TAG_PREFIX if estimated else HOLDOUT_TAG_PREFIX
+    tag = registry.version_tags(model_name, version).get(prefix + metric)
     return float(tag) if tag is not None else None
 
 

@@ -127,10 +127,9 @@ def drift_trigger(
         return None
     confirmed = ""
     if confirmation is not None:
-        found = confirmation.drop()
-        if found is None or found[0] < confirmation.min_drop:
+        if not confirmation.holds():
             return None
-        confirmed = f"; confirmed by {confirmation.describe(*found)}"
+        confirmed = f"; confirmed by {confirmation.describe()}"
     ordered = list(reversed(recent))
     version = ordered[-1].model_version
     shares = ", ".join(f"{b.batch_id} {b.drift_share:.0%} ({_first_names(b.drifted_columns)})" for b in ordered)
@@ -146,30 +145,60 @@ def drift_trigger(
 
 
 @dataclass(frozen=True)
-class Confirmation:
-    """The champion's metric on its latest batch against what it scored on its training's holdout."""
+class Drop:
+    """How far the champion's metric on one batch sits from what it scored on its training's holdout."""
 
-    latest: BatchMetric | None
+    latest: BatchMetric
+    kind: str  # realized | estimated
+    value: float
+    reference: float
+    share: float  # of the reference, positive when the batch is worse
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The champion's metric on its latest `batches` batches against its training's holdout, like with like:
+    a realized metric against the realized holdout metric, a label-free estimate against the estimate on the
+    holdout (an estimate may sit well away from the realized value when probabilities are not calibrated)."""
+
+    recent: list[BatchMetric]  # newest first
     holdout: float | None
+    holdout_estimated: float | None
     min_drop: float
     min_labelled_rows: int
+    batches: int = 1
 
-    def drop(self) -> tuple[float, float, str] | None:
-        """(relative drop, value, kind): how much worse than the holdout metric the latest batch is, as a
-        share of the holdout metric (negative when better); None without a holdout metric or a value."""
-        found = batch_value(self.latest, self.min_labelled_rows)
-        if found is None or self.holdout is None:
-            return None
-        value, kind = found
-        return relative_drop(self.latest.metric, self.holdout, value), value, kind
+    @property
+    def latest(self) -> BatchMetric | None:
+        return self.recent[0] if self.recent else None
 
-    def describe(self, drop: float, value: float, kind: str) -> str:
-        latest = self.latest
-        direction = "below" if GREATER_IS_BETTER[latest.metric] else "above"
-        return (
-            f"{kind} {latest.metric} {value:.4f} on batch {latest.batch_id}, {abs(drop):.1%} {direction} the "
-            f"champion's holdout {self.holdout:.4f} (at least {self.min_drop:.1%})"
-        )
+    def drops(self) -> list[Drop]:
+        found = []
+        for latest in self.recent[: self.batches]:
+            value = batch_value(latest, self.min_labelled_rows)
+            if value is None:
+                break
+            reference = self.holdout if value[1] == "realized" else self.holdout_estimated
+            if reference is None or not math.isfinite(reference):
+                break
+            found.append(Drop(latest, value[1], value[0], reference, relative_drop(latest.metric, reference, value[0])))
+        return found
+
+    def holds(self) -> bool:
+        """Every one of the latest `batches` batches fell at least `min_drop` below the holdout."""
+        drops = self.drops()
+        return len(drops) == self.batches and all(drop.share >= self.min_drop for drop in drops)
+
+    def describe(self) -> str:
+        parts = []
+        for drop in self.drops():
+            direction = "below" if GREATER_IS_BETTER[drop.latest.metric] else "above"
+            holdout = "holdout" if drop.kind == "realized" else "holdout estimate"
+            parts.append(
+                f"{drop.kind} {drop.latest.metric} {drop.value:.4f} on batch {drop.latest.batch_id}, {abs(drop.share):.1%} "
+                f"{direction} the champion's {holdout} {drop.reference:.4f}"
+            )
+        return "; ".join(parts) + f" (at least {self.min_drop:.1%})"
 
 
 def batch_value(latest: BatchMetric | None, min_labelled_rows: int) -> tuple[float, str] | None:
@@ -205,34 +234,29 @@ def performance_trigger(
     confirmation: Confirmation | None = None,
 ) -> Trigger | None:
     """Fire when the champion's realized primary metric on the latest batch (its label-free estimate when too
-    few labels have arrived) is worse than the customer's floor, or, given a `confirmation`, has fallen from
-    the champion's own holdout metric by at least the confirmation's share."""
+    few labels have arrived) is worse than the customer's floor, or, given a `confirmation`, when each of
+    its latest batches fell at least the confirmation's share below the champion's own holdout metric.
+
+    The floor is a line the user drew, so one batch across it is enough; a fall from the holdout metric is
+    relative evidence that one noisy batch can fake, so it must last `confirmation.batches` batches."""
     found = batch_value(latest, min_labelled_rows)
-    if found is None:
-        return None
-    value, kind = found
     reasons = []
-    if floor is not None and is_below_floor(latest.metric, value, floor):
+    if found is not None and floor is not None and is_below_floor(latest.metric, found[0], floor):
         relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
-        reasons.append(f"is {relation} {floor:g}")
-    dropped = confirmation.drop() if confirmation is not None else None
-    if dropped is not None and dropped[0] >= confirmation.min_drop:
-        direction = "below" if GREATER_IS_BETTER[latest.metric] else "above"
         reasons.append(
-            f"is {dropped[0]:.1%} {direction} the champion's holdout {confirmation.holdout:.4f} "
-            f"(allowed {confirmation.min_drop:.1%})"
+            f"{found[1]} {latest.metric} {found[0]:.4f} of champion v{latest.model_version} on batch "
+            f"{latest.batch_id} ({latest.labelled_rows:,} labelled rows) is {relation} {floor:g}"
         )
+    if confirmation is not None and confirmation.holds():
+        reasons.append(f"champion v{confirmation.latest.model_version}: {confirmation.describe()}")
     if not reasons:
         return None
+    kind = found[1] if found is not None else confirmation.drops()[0].kind
     return Trigger(
         kind=PERFORMANCE,
         customer=customer,
         evidence_key=f"{latest.batch_id}@v{latest.model_version}:{kind}",
-        reason=(
-            f"{kind} {latest.metric} {value:.4f} of champion v{latest.model_version} on batch {latest.batch_id} "
-            f"({latest.labelled_rows:,} labelled rows) {' and '.join(reasons)}; "
-            f"realized needs >= {min_labelled_rows:,} labelled rows"
-        ),
+        reason="; ".join(reasons) + f"; realized needs >= {min_labelled_rows:,} labelled rows",
     )
 
 
@@ -290,7 +314,9 @@ def rollback_trigger(
     tolerance: float,
 ) -> Trigger | None:
     """Fire when the champion that the latest promotion (or approval) put in place does worse than the one it
-    replaced, by more than `tolerance`, over its first `batches_needed` labelled batches.
+    replaced, by more than `tolerance`, over its first labelled batches: at least `batches_needed` of them,
+    and as many more as it takes to hold `min_labelled_rows` labelled rows between them (small batches are
+    judged together rather than never).
 
     Only the first batches after the promotion are judged, so the decision is made once; a rollback is not
     itself judged (that would flip the champion back and forth)."""
@@ -298,16 +324,19 @@ def rollback_trigger(
         return None
     if champion_version is None or move.to_version != champion_version:
         return None
-    usable = [
-        c
-        for c in comparisons
-        if c.champion_version == champion_version
-        and c.previous_version == move.from_version
-        and c.labelled_rows >= min_labelled_rows
-        and math.isfinite(c.champion_value)
-        and math.isfinite(c.previous_value)
-    ][:batches_needed]
-    if len(usable) < batches_needed:
+    usable = []
+    for c in comparisons:
+        if (
+            c.champion_version == champion_version
+            and c.previous_version == move.from_version
+            and c.labelled_rows > 0
+            and math.isfinite(c.champion_value)
+            and math.isfinite(c.previous_value)
+        ):
+            usable.append(c)
+            if len(usable) >= batches_needed and sum(u.labelled_rows for u in usable) >= min_labelled_rows:
+                break
+    if len(usable) < batches_needed or sum(u.labelled_rows for u in usable) < min_labelled_rows:
         return None
     weights = [c.labelled_rows for c in usable]
     champion_mean = sum(w * c.champion_value for w, c in zip(weights, usable)) / sum(weights)
@@ -363,8 +392,14 @@ def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit:
 
 def latest_metric(warehouse: Warehouse, customer: str, metric: str, model_version: str) -> BatchMetric | None:
     """The champion's `metric` on the latest batch it scored and that has been measured."""
+    found = recent_metrics(warehouse, customer, metric, model_version, 1)
+    return found[0] if found else None
+
+
+def recent_metrics(warehouse: Warehouse, customer: str, metric: str, model_version: str, limit: int) -> list[BatchMetric]:
+    """The champion's `metric` on the latest `limit` batches it scored and that have been measured, newest first."""
     if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
-        return None
+        return []
     frame = warehouse.query(
         f"select m.batch_id, m.kind, m.value, m.labelled_rows from {quote(monitoring.METRICS_TABLE)} m "
         f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
@@ -372,19 +407,23 @@ def latest_metric(warehouse: Warehouse, customer: str, metric: str, model_versio
         f"and {not_history('m')} order by d.batch_start desc, m.batch_id desc",
         [customer, metric, monitoring.CHAMPION_ROLE, str(model_version), *NOT_HISTORY_PARAMS],
     )
-    if frame.empty:
-        return None
-    batch = frame["batch_id"].iloc[0]
-    rows = frame[frame["batch_id"] == batch]
-    values = dict(zip(rows["kind"], rows["value"].astype(float)))
-    return BatchMetric(
-        batch_id=str(batch),
-        model_version=str(model_version),
-        metric=metric,
-        realized=values.get("realized"),
-        estimated=values.get("estimated"),
-        labelled_rows=int(rows["labelled_rows"].iloc[0]),
-    )
+    found = []
+    for batch in dict.fromkeys(frame["batch_id"]):
+        rows = frame[frame["batch_id"] == batch]
+        values = dict(zip(rows["kind"], rows["value"].astype(float)))
+        found.append(
+            BatchMetric(
+                batch_id=str(batch),
+                model_version=str(model_version),
+                metric=metric,
+                realized=values.get("realized"),
+                estimated=values.get("estimated"),
+                labelled_rows=int(rows["labelled_rows"].iloc[0]),
+            )
+        )
+        if len(found) >= limit:
+            break
+    return found
 
 
 def shadow_comparisons(warehouse: Warehouse, customer: str, metric: str) -> list[ShadowComparison]:

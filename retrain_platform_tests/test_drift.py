@@ -298,3 +298,27 @@ def test_bad_input_names_the_problem():
         detect(build_baseline(reference, KINDS), current.drop(columns="region"))
     with pytest.raises(TypeError, match="DataFrame"):
         detect(build_baseline(reference, KINDS), [current.to_numpy()])
+
+
+def test_the_dataset_verdict_weighs_drift_by_the_importance_the_model_gives_each_feature():
+    rng = np.random.default_rng(11)
+    reference = pd.DataFrame({"used": rng.normal(0, 1, 4000), "noise_a": rng.normal(0, 1, 4000), "noise_b": rng.normal(0, 1, 4000)})
+    kinds = dict.fromkeys(reference.columns, "numeric")
+    importance = {"used": 0.9, "noise_a": 0.05, "noise_b": 0.05}
+    weighted = build_baseline(reference, kinds, importance=importance)
+    plain = build_baseline(reference, kinds)
+    assert Baseline.from_dict(json.loads(weighted.to_json())).importance == importance
+
+    fresh = pd.DataFrame({name: rng.normal(0, 1, 2000) for name in reference.columns})
+    ignored_moved = fresh.assign(noise_a=fresh["noise_a"] + 2, noise_b=fresh["noise_b"] + 2)
+    # Two of three features drifted: the plain share says dataset drift; the model barely uses them.
+    assert detect(plain, ignored_moved).dataset_drifted
+    result = detect(weighted, ignored_moved)
+    assert result.drift_share == pytest.approx(2 / 3)
+    assert result.importance_share == pytest.approx(0.1)
+    assert not result.dataset_drifted
+    # One feature of three drifted, the one the model relies on: dataset drift.
+    used_moved = fresh.assign(used=fresh["used"] + 2)
+    assert not detect(plain, used_moved).dataset_drifted
+    assert detect(weighted, used_moved).importance_share == pytest.approx(0.9)
+    assert detect(weighted, used_moved).dataset_drifted

@@ -11,6 +11,7 @@ from retrain_platform.evaluation import (
     secondary_evidence,
     FLOOR_GATE,
     GREATER_IS_BETTER,
+    HOLDOUT_GATE,
     IMPROVEMENT_GATE,
     INTERVAL_GATE,
     SECONDARY_GATE,
@@ -264,7 +265,7 @@ def test_clearly_better_challenger_is_promoted():
     report = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds(floor=0.6))
     assert report.decision == "PROMOTE", report.to_markdown()
     assert all(g.passed for g in report.gates)
-    assert [g.name for g in report.gates] == [FLOOR_GATE, IMPROVEMENT_GATE, INTERVAL_GATE, SECONDARY_GATE]
+    assert [g.name for g in report.gates] == [FLOOR_GATE, IMPROVEMENT_GATE, INTERVAL_GATE, SECONDARY_GATE, HOLDOUT_GATE]
     assert report.difference.low > 0.1
 
 
@@ -466,3 +467,19 @@ def test_report_of_a_first_model_with_an_undefined_metric_is_still_strict_json()
     assert data["challenger_metrics"]["roc_auc"] is None and data["champion_metrics"] is None
     markdown = report.to_markdown()
     assert "no champion yet" in markdown and "**Verdict: PROMOTE**" in markdown
+
+
+def test_a_holdout_too_small_to_trust_holds_even_a_clearly_better_challenger():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 80)
+    strong = np.clip(y * 0.8 + rng.normal(0.1, 0.1, 80), 0, 1)
+    weak = rng.uniform(0, 1, 80)
+    champion = ModelOutput.from_proba(weak, [0, 1])
+    challenger = ModelOutput.from_proba(strong, [0, 1])
+    small = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds())
+    assert small.decision == "HOLD"
+    (gate,) = [g for g in small.gates if g.name == HOLDOUT_GATE]
+    assert not gate.passed and gate.reason.startswith("80 holdout rows < 100: too few to trust the comparison")
+    assert [g.name for g in small.gates if not g.passed] == [HOLDOUT_GATE]
+    allowed = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds(min_holdout_rows=50))
+    assert allowed.decision == "PROMOTE"

@@ -22,6 +22,7 @@ from retrain_platform.modelling import (
     coerce_types,
     content_hash,
     decision_threshold,
+    feature_importance,
     make_features,
     reusable_params,
     time_split,
@@ -452,3 +453,24 @@ def test_a_run_worker_process_that_searched_in_parallel_exits_when_it_is_done():
     finally:
         if child.is_alive():
             child.kill()
+
+
+def test_feature_importance_finds_the_feature_the_label_depends_on():
+    rng = np.random.default_rng(4)
+    rows = 1200
+    frame = pd.DataFrame(
+        {
+            "at": pd.date_range("2025-01-01", periods=rows, freq="h"),
+            "signal": rng.normal(size=rows),
+            "noise": rng.normal(size=rows),
+            "colour": rng.choice(["red", "blue"], rows),
+        }
+    )
+    frame["label"] = (frame["signal"] + rng.normal(scale=0.3, size=rows) > 0).astype(int)
+    spec = complete_spec(parse_spec({"customer": "imp", "landing_table": "t", "timestamp_column": "at", "label_column": "label"}), frame)
+    features = make_features(frame, spec)
+    training = train_candidates(features, SearchSettings(n_iter=1, n_splits=2, n_jobs=1))
+    importance = feature_importance(training.model, features)
+    assert set(importance) == {"signal", "noise", "colour"}
+    assert sum(importance.values()) == pytest.approx(1.0)
+    assert importance["signal"] > 0.9

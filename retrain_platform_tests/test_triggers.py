@@ -90,9 +90,9 @@ def test_drift_needs_the_champion_metric_to_fall_when_a_confirmation_is_asked():
     """Seasonal drift with a model that still predicts well spends no training; drift with a falling metric does."""
     both = [drift("w4", True), drift("w3", True)]
 
-    def confirmation(realized, estimated, labelled=500):
+    def confirmation(realized, estimated, labelled=500, holdout_estimated=0.78):
         latest = BatchMetric("w4", "3", "roc_auc", realized, estimated, labelled)
-        return triggers.Confirmation(latest, holdout=0.80, min_drop=0.025, min_labelled_rows=100)
+        return triggers.Confirmation([latest], 0.80, holdout_estimated, min_drop=0.025, min_labelled_rows=100)
 
     assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.79, 0.81)) is None  # 1.25% below: noise
     assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.85, 0.70)) is None  # realized decides
@@ -100,29 +100,33 @@ def test_drift_needs_the_champion_metric_to_fall_when_a_confirmation_is_asked():
     assert fired.reason.endswith(
         "; confirmed by realized roc_auc 0.7400 on batch w4, 7.5% below the champion's holdout 0.8000 (at least 2.5%)"
     )
-    # Before labels arrive the label-free estimate confirms; without either, nothing is confirmed.
+    # Before labels arrive the label-free estimate confirms, against the estimate on the holdout: like with like.
     early = triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.74, 0.70, labelled=20))
-    assert "confirmed by estimated roc_auc 0.7000" in early.reason
+    assert "confirmed by estimated roc_auc 0.7000 on batch w4, 10.3% below the champion's holdout estimate 0.7800" in early.reason
+    assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.74, 0.77, labelled=20, holdout_estimated=0.78)) is None
+    assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(0.74, 0.70, labelled=20, holdout_estimated=None)) is None
     assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(None, None, labelled=0)) is None
-    unknown = triggers.Confirmation(BatchMetric("w4", "3", "roc_auc", 0.5, None, 500), None, 0.025, 100)
-    assert triggers.drift_trigger("acme", both, 2, 0.5, unknown) is None
 
 
-def test_a_drop_from_the_champion_holdout_metric_is_a_performance_trigger_in_itself():
-    def drop_of(value, metric_name="roc_auc", holdout=0.80):
-        latest = BatchMetric("w7", "4", metric_name, value, None, 900)
-        confirmation = triggers.Confirmation(latest, holdout=holdout, min_drop=0.05, min_labelled_rows=100)
-        return triggers.performance_trigger("acme", latest, None, 100, confirmation)
+def test_a_lasting_drop_from_the_champion_holdout_metric_is_a_performance_trigger_in_itself():
+    def drop_of(*values, metric_name="roc_auc", holdout=0.80, batches=2):
+        recent = [BatchMetric(f"w{7 - n}", "4", metric_name, value, None, 900) for n, value in enumerate(values)]
+        confirmation = triggers.Confirmation(recent, holdout, None, min_drop=0.05, min_labelled_rows=100, batches=batches)
+        return triggers.performance_trigger("acme", recent[0], None, 100, confirmation)
 
-    assert drop_of(0.77) is None  # 3.75% below the holdout
-    fired = drop_of(0.72)
+    assert drop_of(0.77, 0.70) is None  # the latest batch is 3.75% below the holdout
+    assert drop_of(0.70, 0.79) is None  # one bad batch: noise until it lasts
+    assert drop_of(0.70) is None  # only one batch measured so far
+    fired = drop_of(0.72, 0.74)
     assert fired.reason == (
-        "realized roc_auc 0.7200 of champion v4 on batch w7 (900 labelled rows) is 10.0% below the champion's "
-        "holdout 0.8000 (allowed 5.0%); realized needs >= 100 labelled rows"
+        "champion v4: realized roc_auc 0.7200 on batch w7, 10.0% below the champion's holdout 0.8000; "
+        "realized roc_auc 0.7400 on batch w6, 7.5% below the champion's holdout 0.8000 (at least 5.0%); "
+        "realized needs >= 100 labelled rows"
     )
+    assert fired.evidence_key == "w7@v4:realized"
     # Error metrics: a larger error is the drop.
-    assert drop_of(10.4, "rmse", holdout=10.0) is None
-    assert "is 6.0% above the champion's holdout 10.0000" in drop_of(10.6, "rmse", holdout=10.0).reason
+    assert drop_of(10.4, metric_name="rmse", holdout=10.0, batches=1) is None
+    assert "6.0% above the champion's holdout 10.0000" in drop_of(10.6, metric_name="rmse", holdout=10.0, batches=1).reason
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,6 +245,14 @@ def test_a_new_champion_worse_than_the_previous_by_more_than_the_tolerance_is_ro
 )
 def test_no_rollback(move, champion, comparisons, needed):
     assert triggers.rollback_trigger("acme", "roc_auc", move, champion, comparisons, needed, 100, 0.02) is None
+
+
+def test_small_batches_are_judged_together_once_they_hold_enough_labels():
+    small = [comparison(f"m{n}", 0.80, 0.90, rows=30) for n in range(1, 6)]
+    assert triggers.rollback_trigger("acme", "roc_auc", PROMOTION, "2", small[:3], 1, 100, 0.02) is None  # 90 rows
+    trigger = triggers.rollback_trigger("acme", "roc_auc", PROMOTION, "2", small, 1, 100, 0.02)
+    assert trigger.evidence_key == "v2-vs-v1:m1+m2+m3+m4"
+    assert "(120 labelled rows)" in trigger.reason
 
 
 def test_rollback_reads_error_metrics_the_right_way_round():

@@ -190,12 +190,14 @@ def _each_customer(
 # --------------------------------------------------------------------------------------- retraining sensors
 
 
-def _confirmation(db, models, spec: CustomerSpec, champion: str, min_drop: float) -> triggers.Confirmation:
+def _confirmation(db, models, spec: CustomerSpec, champion: str, min_drop: float, batches: int) -> triggers.Confirmation:
     return triggers.Confirmation(
-        latest=triggers.latest_metric(db, spec.customer, spec.primary_metric, champion),
+        recent=triggers.recent_metrics(db, spec.customer, spec.primary_metric, champion, batches),
         holdout=holdout_metric(models, spec.model_name, champion, spec.primary_metric),
+        holdout_estimated=holdout_metric(models, spec.model_name, champion, spec.primary_metric, estimated=True),
         min_drop=min_drop,
         min_labelled_rows=spec.automation.min_labelled_rows,
+        batches=batches,
     )
 
 
@@ -229,7 +231,7 @@ def drift_sensor(
         share = drift.DriftThresholds.model_validate(spec.drift_thresholds).dataset_share
         confirmation = None
         if spec.automation.drift_needs_confirmation:
-            confirmation = _confirmation(db, models, spec, champion, spec.automation.performance_drop / 2)
+            confirmation = _confirmation(db, models, spec, champion, spec.automation.performance_drop / 2, 1)
         return triggers.drift_trigger(spec.customer, recent, consecutive, share, confirmation)
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
@@ -252,8 +254,9 @@ def performance_sensor(
     alerts: AlertChannel,
 ) -> dg.SensorResult:
     """Retrains a customer when its champion's primary metric on the latest batch falls below the spec's
-    floor, or `automation.performance_drop` (default 5%) below what the champion scored on its holdout:
-    the realized metric when enough labels arrived, else the label-free estimate."""
+    floor, or on each of its `automation.performance_batches` latest batches (default 2) fell
+    `automation.performance_drop` (default 5%) below what the champion scored on its holdout: the realized
+    metric when enough labels arrived, else the label-free estimate against the estimate on the holdout."""
     db = warehouse.get_warehouse()
     models = registry.get_registry()
 
@@ -261,9 +264,11 @@ def performance_sensor(
         champion = models.alias_version(spec.model_name, CHAMPION)
         if champion is None:
             return None
-        confirmation = _confirmation(db, models, spec, champion, spec.automation.performance_drop)
+        automation = spec.automation
+        confirmation = _confirmation(db, models, spec, champion, automation.performance_drop, automation.performance_batches)
+        latest = triggers.latest_metric(db, spec.customer, spec.primary_metric, champion)
         return triggers.performance_trigger(
-            spec.customer, confirmation.latest, spec.thresholds.floor, spec.automation.min_labelled_rows, confirmation
+            spec.customer, latest, spec.thresholds.floor, automation.min_labelled_rows, confirmation
         )
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []

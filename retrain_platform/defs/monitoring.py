@@ -20,10 +20,11 @@ from retrain_platform.defs.training import (
     blocking_check_result,
     utc_now,
 )
-from retrain_platform.ingest import batch_partition_key, split_batch_partition_key
-from retrain_platform.modelling import FeatureSet
+from retrain_platform.ingest import BATCH_COLUMN, batch_partition_key, split_batch_partition_key
+from retrain_platform.modelling import FeatureSet, feature_importance
 from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
 from retrain_platform.spec import CustomerSpec
+from retrain_platform.warehouse import quote
 
 BASELINE_ARTIFACT = "drift_baseline.json"
 INFERENCE_BATCH_QUALITY = "inference_batch_quality"
@@ -50,8 +51,9 @@ def drift_baseline(
     registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
 ) -> dg.MaterializeResult:
     """The reference distribution of every feature, of the challenger's predictions and of the label on the
-    training rows, kept as a few kilobytes of JSON with the model version, so measuring drift on a batch
-    never needs the training data again."""
+    training rows, and the challenger's permutation importance per feature (the dataset drift verdict weighs
+    each drifted feature by it), kept as a few kilobytes of JSON with the model version, so measuring drift
+    on a batch never needs the training data again."""
     spec = features.spec
     predictions, prediction_kind = monitoring.baseline_predictions(candidate_models.pipeline, features.X_train, spec.task)
     baseline = drift.build_baseline(
@@ -62,6 +64,7 @@ def drift_baseline(
         labels=features.y_train if spec.task == "regression" else features.y_train.astype(str),
         label_kind="numeric" if spec.task == "regression" else "categorical",
         thresholds=spec.drift_thresholds or None,
+        importance=feature_importance(candidate_models.pipeline, features),
     )
     payload = baseline.to_dict()
     registry.get_registry().log_dict(candidate_models.challenger_run_id, payload, BASELINE_ARTIFACT)
@@ -71,8 +74,16 @@ def drift_baseline(
             "reference_rows": dg.MetadataValue.int(baseline.n_rows),
             "size_kb": dg.MetadataValue.float(round(len(baseline.to_json()) / 1024, 1)),
             "features": dg.MetadataValue.int(len(baseline.features)),
+            "importance": dg.MetadataValue.md(_importance_table(baseline.importance)),
         }
     )
+
+
+def _importance_table(importance: dict[str, float] | None) -> str:
+    if not importance:
+        return "not computed (too many features, or a holdout that cannot be scored): drift counts every feature alike"
+    ranked = sorted(importance.items(), key=lambda item: -item[1])
+    return "\n".join(["| feature | importance |", "|---|---:|", *(f"| {name} | {weight:.3f} |" for name, weight in ranked)])
 
 
 def _load_models(models: ModelRegistry, spec: CustomerSpec) -> dict[str, tuple[str, Any]]:
@@ -109,9 +120,10 @@ def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourcePar
     for key in context.partition_keys:
         customer, batch_id = split_batch_partition_key(key)
         spec = customer_store.load_spec(db, customer)
+        label, timestamp, batch = quote(spec.label_column), quote(spec.timestamp_column), quote(BATCH_COLUMN)
         counts = db.query(
-            f'select count(*) as "n", count("{spec.label_column}") as "labelled", min("{spec.timestamp_column}") as "first", '
-            f'max("{spec.timestamp_column}") as "last" from "{spec.landing_table}" where "batch_id" = ?',
+            f'select count(*) as "n", count({label}) as "labelled", min({timestamp}) as "first", '
+            f'max({timestamp}) as "last" from {quote(spec.landing_table)} where {batch} = ?',
             [batch_id],
         ).iloc[0]
         if int(counts["n"]) == 0:
@@ -161,7 +173,7 @@ def inference_batch_quality(
     if len(keys) == 1:
         customer, batch_id = split_batch_partition_key(keys[0])
         spec = customer_store.load_spec(db, customer)
-        rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" = ?', [batch_id])
+        rows = db.query(f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = ?", [batch_id])
         return blocking_check_result(quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False))
     # A backfill's batches are checked in one validation per customer (ids unique across them, too); only
     # when one fails are they checked one by one, to name the first failing batch.
@@ -172,11 +184,12 @@ def inference_batch_quality(
     for customer, batch_ids in by_customer.items():
         spec = customer_store.load_spec(db, customer)
         marks = ", ".join("?" for _ in batch_ids)
-        rows = db.query(f'select * from "{spec.landing_table}" where "batch_id" in ({marks})', batch_ids)
+        batch = quote(BATCH_COLUMN)
+        rows = db.query(f"select * from {quote(spec.landing_table)} where {batch} in ({marks})", batch_ids)
         together = quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False)
         if together.success:
             continue
-        for batch_id, batch in rows.groupby("batch_id", sort=True):
+        for batch_id, batch in rows.groupby(BATCH_COLUMN, sort=True):
             result = quality.validate_customer_rows(batch, spec, now=utc_now(), labels_required=False)
             if not result.success:
                 return _failed_batch(batch_partition_key(customer, batch_id), result)
@@ -340,6 +353,11 @@ def _measure(
         "customer": customer,
         "dataset_drifted": dg.MetadataValue.bool(bool(report.drift.dataset_drifted)),
         "drift_share": dg.MetadataValue.float(float(report.drift.drift_share)),
+        **(
+            {"drifted_importance_share": dg.MetadataValue.float(report.drift.importance_share)}
+            if report.drift.importance_share is not None
+            else {}
+        ),
         "drifted_columns": ", ".join(report.drift.drifted_columns) or "none",
         "labelled_rows": dg.MetadataValue.int(report.labelled_rows),
         "features": dg.MetadataValue.md(_drift_table(columns)),

@@ -11,7 +11,7 @@ import pandas as pd
 import pydantic
 
 from retrain_platform import customers as customer_store
-from retrain_platform import ledger, quality
+from retrain_platform import ledger, performance, quality
 from retrain_platform.defs.partitions import customers
 from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
@@ -35,7 +35,7 @@ from retrain_platform.registry import (
 )
 from retrain_platform.settings import TRIGGER_TAG
 from retrain_platform.spec import CustomerSpec
-from retrain_platform.status import HOLDOUT_TAG_PREFIX
+from retrain_platform.status import HOLDOUT_ESTIMATED_TAG_PREFIX, HOLDOUT_TAG_PREFIX
 from retrain_platform.warehouse import Warehouse
 
 TRAINING_DATA_QUALITY = "training_data_quality"
@@ -381,6 +381,18 @@ def evaluation_report(
     models.log_dict(candidate_models.challenger_run_id, report.to_dict(), "evaluation_report.json")
     for metric, value in report.challenger_metrics.items():
         models.set_version_tag(spec.model_name, candidate_models.challenger_version, HOLDOUT_TAG_PREFIX + metric, str(value))
+    # The label-free estimate on the same holdout: a batch's estimate is compared with it, like with like
+    # (an estimate can sit well away from the realized metric when probabilities are not calibrated).
+    if challenger_output.proba is not None:
+        scores = challenger_output.proba[:, 1] if spec.task == "binary" else challenger_output.proba
+        estimated = performance.estimate_metrics(scores, spec.task, challenger_output.threshold)
+        if spec.primary_metric in estimated:
+            models.set_version_tag(
+                spec.model_name,
+                candidate_models.challenger_version,
+                HOLDOUT_ESTIMATED_TAG_PREFIX + spec.primary_metric,
+                str(estimated[spec.primary_metric]),
+            )
     metadata: dict[str, Any] = {
         "verdict": report.verdict.decision,
         "report": dg.MetadataValue.md(report.to_markdown()),
