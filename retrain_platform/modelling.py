@@ -39,7 +39,7 @@ from sklearn.model_selection import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from retrain_platform.registry import FULL_SEARCH, PARAMS_TAG, ROWS_TAG, SEARCH_TAG
+from retrain_platform.registry import FAMILY_TAG, FULL_SEARCH, PARAMS_TAG, ROWS_TAG, SEARCH_TAG
 from retrain_platform.spec import CustomerSpec, DecisionSettings
 
 SCORERS = {
@@ -69,8 +69,9 @@ TRAINING_WINDOWS = (("all", 1.0), ("last half", 0.5), ("last quarter", 0.25))
 class SearchSettings:
     """How hard to look for hyper-parameters; the defaults keep a 50,000-row customer under a minute.
 
-    `known_params` (family -> hyper-parameters from an earlier search) skips the search for those families:
-    a retraining then refits what was tuned before on the new rows, and only the training window is chosen."""
+    `known_params` (family -> hyper-parameters from an earlier search) skips the search: a retraining then
+    refits those families only, as they were tuned before, on the new rows, and chooses their training
+    window."""
 
     n_iter: int = 4
     n_splits: int = 3
@@ -112,17 +113,21 @@ class FeatureSet:
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         return self.preprocessor.transform(frame[self.spec.feature_names])
 
-    def per_input_feature(self, transformed: np.ndarray) -> pd.DataFrame:
-        """Fold the transformed matrix back to one column per input feature: the largest absolute value
-        of its output columns, so a NaN or an infinity anywhere in a feature's block shows under its name."""
+    def output_blocks(self) -> dict[str, list[int]]:
+        """The preprocessed columns each input feature became (one for a number, several for a category)."""
         blocks: dict[str, list[int]] = {name: [] for name in self.spec.feature_names}
         by_length = sorted(self.spec.feature_names, key=len, reverse=True)
         for index, output in enumerate(self.feature_names_out):
             owner = next(name for name in by_length if output == name or output.startswith(name + "_"))
             blocks[owner].append(index)
+        return blocks
+
+    def per_input_feature(self, transformed: np.ndarray) -> pd.DataFrame:
+        """Fold the transformed matrix back to one column per input feature: the largest absolute value
+        of its output columns, so a NaN or an infinity anywhere in a feature's block shows under its name."""
         with np.errstate(invalid="ignore"):
             return pd.DataFrame(
-                {name: np.abs(transformed[:, columns]).max(axis=1) for name, columns in blocks.items() if columns}
+                {name: np.abs(transformed[:, columns]).max(axis=1) for name, columns in self.output_blocks().items() if columns}
             )
 
 
@@ -276,6 +281,8 @@ def train_candidates(features: FeatureSet, settings: SearchSettings | None = Non
     X = features.transform(features.train)
     y = features.y_train.to_numpy()
     families = candidate_families(spec.task, settings.seed)
+    if settings.known_params:
+        families = {family: found for family, found in families.items() if family in settings.known_params}
     tuned: dict[str, Candidate] = {}
     try:
         for family, (estimator, space) in families.items():
@@ -334,7 +341,8 @@ def reusable_params(recent: list[dict[str, str]], train_rows: int, full_search_e
 
     `recent` holds the tags of the latest trainings, newest first (`registry.ModelRegistry.recent_trainings`).
     A search is reused by the next `full_search_every - 1` trainings, as long as the training set has not
-    halved or doubled since: hyper-parameters move slowly, while each search costs most of a training."""
+    halved or doubled since: hyper-parameters move slowly, while each search costs most of a training. Only
+    the family that search chose is refit; the families are compared again at the next search."""
     for age, tags in enumerate(recent):
         if tags.get(SEARCH_TAG) != FULL_SEARCH:
             continue
@@ -342,9 +350,11 @@ def reusable_params(recent: list[dict[str, str]], train_rows: int, full_search_e
         if age >= full_search_every - 1 or not searched_rows or not 0.5 <= train_rows / searched_rows <= 2.0:
             return None
         try:
-            return json.loads(tags[PARAMS_TAG])
+            params = json.loads(tags[PARAMS_TAG])
         except (KeyError, ValueError):
             return None
+        chosen = tags.get(FAMILY_TAG)
+        return {chosen: params[chosen]} if chosen in params else params
     return None
 
 
@@ -440,17 +450,21 @@ def decision_threshold(model: Any) -> float | None:
 MAX_IMPORTANCE_FEATURES = 100
 
 
-def feature_importance(model: Any, features: FeatureSet, rows: int = 1000, repeats: int = 3) -> dict[str, float] | None:
-    """How much the model relies on each input feature: permutation importance of the primary metric on
-    (a sample of) the holdout, clipped at zero and normalised to sum to 1. None when it cannot be told."""
+def feature_importance(model: Any, features: FeatureSet, rows: int = 500, repeats: int = 2) -> dict[str, float] | None:
+    """How much the model relies on each input feature: permutation importance of the primary metric on (a
+    sample of) the holdout, clipped at zero, summed over the columns a feature becomes after preprocessing
+    and normalised to sum to 1. None when it cannot be told.
+
+    The columns are permuted after the frozen preprocessing, which then runs once instead of once per
+    column and repeat: the estimator alone is scored."""
     spec = features.spec
     if len(spec.feature_names) > MAX_IMPORTANCE_FEATURES or len(features.holdout) < 2:
         return None
     sample = features.holdout.tail(rows)
     try:
         found = permutation_importance(
-            model,
-            sample[spec.feature_names],
+            served_estimator(model),
+            features.transform(sample),
             sample[spec.label_column].to_numpy(),
             scoring=SCORERS[(spec.task, spec.primary_metric)],
             n_repeats=repeats,
@@ -458,10 +472,19 @@ def feature_importance(model: Any, features: FeatureSet, rows: int = 1000, repea
         )
     except ValueError:  # a holdout sample with one class cannot be scored by ROC AUC
         return None
-    weights = np.clip(np.nan_to_num(found.importances_mean), 0.0, None)
-    if weights.sum() <= 0:
+    by_output = np.clip(np.nan_to_num(found.importances_mean), 0.0, None)
+    weights = {name: float(by_output[columns].sum()) for name, columns in features.output_blocks().items()}
+    total = sum(weights.values())
+    if total <= 0:
         return None
-    return {name: float(weight) for name, weight in zip(spec.feature_names, weights / weights.sum(), strict=True)}
+    return {name: weight / total for name, weight in weights.items()}
+
+
+def served_estimator(model: Any) -> Any:
+    """The fitted estimator inside a served model: past the threshold wrapper and the frozen preprocessing."""
+    while not isinstance(model, Pipeline):
+        model = model.estimator
+    return model.named_steps["model"]
 
 
 def release_search_workers() -> None:

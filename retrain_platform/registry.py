@@ -16,11 +16,13 @@ CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
 
 # On a training's parent run: whether it searched hyper-parameters ("full") or refit known ones ("refit"),
-# the hyper-parameters per family it trained with (JSON), and how many training rows it had.
+# the hyper-parameters per family it trained with (JSON), the family it chose, and how many training rows
+# it had.
 SEARCH_TAG = "retrain.search"
 FULL_SEARCH, REFIT = "full", "refit"
 PARAMS_TAG = "retrain.params"
 ROWS_TAG = "retrain.train_rows"
+FAMILY_TAG = "retrain.family"
 # On a registered version: the cut-off at which a binary model predicts the positive class.
 THRESHOLD_TAG = "decision_threshold"
 

@@ -29,7 +29,7 @@ from retrain_platform.modelling import (
     train_candidates,
     tune_threshold,
 )
-from retrain_platform.registry import FULL_SEARCH, PARAMS_TAG, REFIT, ROWS_TAG, SEARCH_TAG
+from retrain_platform.registry import FAMILY_TAG, FULL_SEARCH, PARAMS_TAG, REFIT, ROWS_TAG, SEARCH_TAG
 from retrain_platform.spec import DecisionSettings, complete_spec, parse_spec
 
 FAST = SearchSettings(n_iter=2, n_splits=3, n_jobs=1, seed=0)
@@ -293,10 +293,16 @@ def test_a_retraining_refits_known_hyper_parameters_without_searching(benchmark)
     assert all(not c.searched and np.isnan(c.cv_score) and not c.cv_results for c in refit.candidates)
     assert {c.family: c.best_params for c in refit.candidates} == known
     assert refit.winner.family == training.winner.family and refit.winner.window == training.winner.window
+    # Between searches only the family the last search chose is refit.
+    chosen = {training.winner.family: training.winner.best_params}
+    alone = train_candidates(features, SearchSettings(n_iter=2, n_splits=3, n_jobs=1, known_params=chosen))
+    assert [c.family for c in alone.candidates] == [training.winner.family]
 
 
 def test_reusable_params_follow_the_full_search_cadence():
     searched = {SEARCH_TAG: FULL_SEARCH, PARAMS_TAG: '{"ridge": {"alpha": 0.5}}', ROWS_TAG: "1000"}
+    chose = {**searched, PARAMS_TAG: '{"ridge": {"alpha": 0.5}, "random_forest": {"max_depth": 4}}', FAMILY_TAG: "ridge"}
+    assert reusable_params([chose], 1000, 4) == {"ridge": {"alpha": 0.5}}
     refit = {SEARCH_TAG: REFIT}
     assert reusable_params([], 1000, 4) is None
     assert reusable_params([searched], 1100, 4) == {"ridge": {"alpha": 0.5}}

@@ -26,6 +26,7 @@ from retrain_platform.modelling import (
 from retrain_platform.registry import (
     CHALLENGER,
     CHAMPION,
+    FAMILY_TAG,
     FULL_SEARCH,
     PARAMS_TAG,
     REFIT,
@@ -63,9 +64,10 @@ class TrainingConfig(dg.Config):
     max_search_rows: int = 20_000
     search_jobs: int = 2
     # `auto`: a full hyper-parameter search every `full_search_every` trainings (or when the training set
-    # halved or doubled since the last one), a refit of the last search's hyper-parameters in between.
+    # halved or doubled since the last one), a refit of the last search's family and hyper-parameters in
+    # between: a search costs about three refits, and the hyper-parameters of one data source move slowly.
     search: str = SEARCH_AUTO
-    full_search_every: int = 4
+    full_search_every: int = 8
     trigger: str = "manual"
 
     @pydantic.field_validator("search")
@@ -284,6 +286,7 @@ def candidate_models(
         SEARCH_TAG: searched,
         PARAMS_TAG: json.dumps({c.family: c.best_params for c in training.candidates}),
         ROWS_TAG: str(train_rows),
+        FAMILY_TAG: best.family,
     }
     logged = {}
     with models.start_training_run(spec.customer, run_name=f"training {context.run_id[:8]}", tags=parent_tags):
