@@ -448,6 +448,8 @@ def decision_threshold(model: Any) -> float | None:
 # Permutation importance costs one prediction per feature and repeat; past this many features the drift
 # verdict falls back to the plain share of drifted features.
 MAX_IMPORTANCE_FEATURES = 100
+# In the primary metric's units (sklearn's scorer): below this summed loss, importance is not told.
+MIN_TOTAL_IMPORTANCE = 0.01
 
 
 def feature_importance(model: Any, features: FeatureSet, rows: int = 500, repeats: int = 2) -> dict[str, float] | None:
@@ -472,10 +474,14 @@ def feature_importance(model: Any, features: FeatureSet, rows: int = 500, repeat
         )
     except ValueError:  # a holdout sample with one class cannot be scored by ROC AUC
         return None
-    by_output = np.clip(np.nan_to_num(found.importances_mean), 0.0, None)
+    # A column counts when shuffling it costs more than twice the spread between repeats: below that its
+    # importance is noise. A model that relies on no column that way gets no weights, and drift is then
+    # counted feature by feature.
+    mean, spread = np.nan_to_num(found.importances_mean), np.nan_to_num(found.importances_std)
+    by_output = np.where(mean > 2 * spread, mean, 0.0)
     weights = {name: float(by_output[columns].sum()) for name, columns in features.output_blocks().items()}
     total = sum(weights.values())
-    if total <= 0:
+    if total < MIN_TOTAL_IMPORTANCE:
         return None
     return {name: weight / total for name, weight in weights.items()}
 

@@ -241,12 +241,19 @@ def performance_trigger(
     relative evidence that one noisy batch can fake, so it must last `confirmation.batches` batches."""
     found = batch_value(latest, min_labelled_rows)
     reasons = []
-    if found is not None and floor is not None and is_below_floor(latest.metric, found[0], floor):
-        relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
-        reasons.append(
-            f"{found[1]} {latest.metric} {found[0]:.4f} of champion v{latest.model_version} on batch "
-            f"{latest.batch_id} ({latest.labelled_rows:,} labelled rows) is {relation} {floor:g}"
-        )
+    if found is not None and floor is not None:
+        value, corrected = found[0], ""
+        gap = _estimate_gap(confirmation) if found[1] == "estimated" else None
+        if gap is not None:
+            # The floor is in realized units; an estimate is moved by the gap it showed on the holdout.
+            value = found[0] + gap
+            corrected = f" ({value:.4f} corrected by the estimate's gap on the holdout, {gap:+.4f})"
+        if is_below_floor(latest.metric, value, floor):
+            relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
+            reasons.append(
+                f"{found[1]} {latest.metric} {found[0]:.4f}{corrected} of champion v{latest.model_version} on batch "
+                f"{latest.batch_id} ({latest.labelled_rows:,} labelled rows) is {relation} {floor:g}"
+            )
     if confirmation is not None and confirmation.holds():
         reasons.append(f"champion v{confirmation.latest.model_version}: {confirmation.describe()}")
     if not reasons:
@@ -258,6 +265,13 @@ def performance_trigger(
         evidence_key=f"{latest.batch_id}@v{latest.model_version}:{kind}",
         reason="; ".join(reasons) + f"; realized needs >= {min_labelled_rows:,} labelled rows",
     )
+
+
+def _estimate_gap(confirmation: Confirmation | None) -> float | None:
+    """Realized minus estimated metric on the champion's holdout: how far off its label-free estimate runs."""
+    if confirmation is None or confirmation.holdout is None or confirmation.holdout_estimated is None:
+        return None
+    return confirmation.holdout - confirmation.holdout_estimated
 
 
 def new_labels_trigger(

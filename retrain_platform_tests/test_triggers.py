@@ -108,6 +108,23 @@ def test_drift_needs_the_champion_metric_to_fall_when_a_confirmation_is_asked():
     assert triggers.drift_trigger("acme", both, 2, 0.5, confirmation(None, None, labelled=0)) is None
 
 
+def test_an_estimate_is_held_to_the_floor_after_correcting_the_gap_it_showed_on_the_holdout():
+    """A model whose probabilities are not calibrated estimates its ROC AUC low everywhere: 0.69 on a batch
+    says nothing against a 0.70 floor when the same estimate said 0.75 on a holdout that really scored 0.84."""
+    latest = BatchMetric("w2", "1", "roc_auc", None, 0.69, 0)
+    calibrated_gap = triggers.Confirmation([latest], 0.84, 0.75, min_drop=0.05, min_labelled_rows=100, batches=2)
+    assert triggers.performance_trigger("acme", latest, 0.7, 100, calibrated_gap) is None
+    fallen = BatchMetric("w2", "1", "roc_auc", None, 0.60, 0)
+    confirmation = triggers.Confirmation([fallen], 0.84, 0.75, min_drop=0.05, min_labelled_rows=100, batches=2)
+    fired = triggers.performance_trigger("acme", fallen, 0.7, 100, confirmation)
+    assert fired.reason.startswith(
+        "estimated roc_auc 0.6000 (0.6900 corrected by the estimate's gap on the holdout, +0.0900) of champion v1 "
+        "on batch w2 (0 labelled rows) is below the floor 0.7"
+    )
+    # Without the holdout's estimate (a model trained before it was kept), the estimate is taken as it is.
+    assert triggers.performance_trigger("acme", latest, 0.7, 100, None) is not None
+
+
 def test_a_lasting_drop_from_the_champion_holdout_metric_is_a_performance_trigger_in_itself():
     def drop_of(*values, metric_name="roc_auc", holdout=0.80, batches=2):
         recent = [BatchMetric(f"w{7 - n}", "4", metric_name, value, None, 900) for n, value in enumerate(values)]
