@@ -27,7 +27,7 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
     rows = []
     for spec in customers.list_specs(warehouse):
         champion = registry.alias_version(spec.model_name, CHAMPION)
-        metric = None if champion is None else holdout_metric(registry, spec.model_name, champion, spec.primary_metric)
+        metric = None if champion is None else holdout_metrics(registry, spec.model_name, champion, spec.primary_metric)[0]
         mine = history[history["customer"] == spec.customer]
         rows.append(
             {
@@ -45,12 +45,12 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
     return rows
 
 
-def holdout_metric(registry: ModelRegistry, model_name: str, version: str, metric: str, estimated: bool = False) -> float | None:
-    """What a version scored on its training's holdout, or with `estimated` its label-free estimate there
-    (None for a version trained before this was kept)."""
-    prefix = HOLDOUT_ESTIMATED_TAG_PREFIX if estimated else HOLDOUT_TAG_PREFIX
-    tag = registry.version_tags(model_name, version).get(prefix + metric)
-    return float(tag) if tag is not None else None
+def holdout_metrics(registry: ModelRegistry, model_name: str, version: str, metric: str) -> tuple[float | None, float | None]:
+    """What a version scored on its training's holdout, and its label-free estimate there, from one read of
+    its tags (None for a version trained before they were kept)."""
+    tags = registry.version_tags(model_name, version)
+    values = (tags.get(HOLDOUT_TAG_PREFIX + metric), tags.get(HOLDOUT_ESTIMATED_TAG_PREFIX + metric))
+    return tuple(float(value) if value is not None else None for value in values)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -404,12 +404,6 @@ def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit:
     ]
 
 
-def latest_metric(warehouse: Warehouse, customer: str, metric: str, model_version: str) -> BatchMetric | None:
-    """The champion's `metric` on the latest batch it scored and that has been measured."""
-    found = recent_metrics(warehouse, customer, metric, model_version, 1)
-    return found[0] if found else None
-
-
 def recent_metrics(warehouse: Warehouse, customer: str, metric: str, model_version: str, limit: int) -> list[BatchMetric]:
     """The champion's `metric` on the latest `limit` batches it scored and that have been measured, newest first."""
     if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):

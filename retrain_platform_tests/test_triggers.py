@@ -344,7 +344,7 @@ def test_latest_drift_is_ordered_by_the_time_the_rows_describe_and_kept_to_one_m
 
 def test_no_evidence_tables_means_no_evidence(warehouse):
     assert triggers.latest_drift(warehouse, "acme", "1", 2) == []
-    assert triggers.latest_metric(warehouse, "acme", "roc_auc", "1") is None
+    assert triggers.recent_metrics(warehouse, "acme", "roc_auc", "1", 1) == []
     assert triggers.shadow_comparisons(warehouse, "acme", "roc_auc") == []
     assert triggers.last_training(warehouse, "acme") is None
     assert triggers.last_champion_move(warehouse, "acme") is None

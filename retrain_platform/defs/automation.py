@@ -36,7 +36,7 @@ from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG, schedules
 from retrain_platform.spec import CustomerSpec
-from retrain_platform.status import holdout_metric
+from retrain_platform.status import holdout_metrics
 from retrain_platform.triggers import Trigger
 from retrain_platform.warehouse import Warehouse
 
@@ -191,10 +191,11 @@ def _each_customer(
 
 
 def _confirmation(db, models, spec: CustomerSpec, champion: str, min_drop: float, batches: int) -> triggers.Confirmation:
+    holdout, holdout_estimated = holdout_metrics(models, spec.model_name, champion, spec.primary_metric)
     return triggers.Confirmation(
         recent=triggers.recent_metrics(db, spec.customer, spec.primary_metric, champion, batches),
-        holdout=holdout_metric(models, spec.model_name, champion, spec.primary_metric),
-        holdout_estimated=holdout_metric(models, spec.model_name, champion, spec.primary_metric, estimated=True),
+        holdout=holdout,
+        holdout_estimated=holdout_estimated,
         min_drop=min_drop,
         min_labelled_rows=spec.automation.min_labelled_rows,
         batches=batches,
@@ -266,9 +267,9 @@ def performance_sensor(
             return None
         automation = spec.automation
         confirmation = _confirmation(db, models, spec, champion, automation.performance_drop, automation.performance_batches)
-        latest = triggers.latest_metric(db, spec.customer, spec.primary_metric, champion)
+        # The confirmation has read the latest batches already; the floor is judged on the newest of them.
         return triggers.performance_trigger(
-            spec.customer, latest, spec.thresholds.floor, automation.min_labelled_rows, confirmation
+            spec.customer, confirmation.latest, spec.thresholds.floor, automation.min_labelled_rows, confirmation
         )
 
     found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
