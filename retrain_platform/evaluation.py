@@ -80,6 +80,12 @@ MAX_WEIGHT_CELLS = 5_000_000
 # predicts three positives has a precision, but not one a challenger can be judged against.
 MIN_SUPPORT_ROWS = 30
 
+# A binary model's cut-off is chosen for the customer's decision objective, and at a cut-off accuracy,
+# precision and recall trade against each other: a challenger whose cut-off moved loses one of them by
+# construction. Of these metrics only the one the objective maximises holds a challenger back.
+THRESHOLD_METRICS = ("accuracy", "precision", "recall", "f1")
+OBJECTIVE_METRICS = {"f1": ("f1",), "precision": ("recall",), "recall": ("precision",), "cost": ()}
+
 # A weighted variance below this fraction of the raw second moment is rounding noise, not spread.
 DEGENERATE_VARIANCE = 1e-10
 
@@ -649,6 +655,20 @@ def metric_support(task: Task, metric: str, y_true: Any, output: ModelOutput) ->
     return {"precision": predicted, "recall": actual, "f1": min(predicted, actual)}[metric]
 
 
+def traded_metrics(task: Task, objective: str | None) -> tuple[str, ...]:
+    """The threshold metrics a binary model's decision `objective` trades away: shown, never a gate."""
+    if task != "binary" or objective is None:
+        return ()
+    if objective not in OBJECTIVE_METRICS:
+        raise ValueError(f"unknown decision objective {objective!r}: use one of {list(OBJECTIVE_METRICS)}")
+    return tuple(metric for metric in THRESHOLD_METRICS if metric not in OBJECTIVE_METRICS[objective])
+
+
+def gated_secondaries(task: Task, primary_metric: str, objective: str | None = None) -> list[str]:
+    traded = traded_metrics(task, objective)
+    return [metric for metric in metrics_for(task) if metric != primary_metric and metric not in traded]
+
+
 def secondary_evidence(
     task: Task,
     primary_metric: str,
@@ -658,13 +678,12 @@ def secondary_evidence(
     rounds: int,
     confidence: float,
     seed: int = 0,
+    objective: str | None = None,
 ) -> dict[str, SecondaryEvidence]:
-    """For each secondary metric, the paired bootstrap interval of its difference, or why there is none: a
-    threshold metric that rests on fewer than `MIN_SUPPORT_ROWS` rows for either model is not comparable."""
+    """For each gated secondary metric, the paired bootstrap interval of its difference, or why there is none:
+    a threshold metric that rests on fewer than `MIN_SUPPORT_ROWS` rows for either model is not comparable."""
     evidence = {}
-    for metric in metrics_for(task):
-        if metric == primary_metric:
-            continue
+    for metric in gated_secondaries(task, primary_metric, objective):
         thin = [
             (role, count)
             for role, output in (("champion", champion_output), ("challenger", challenger_output))
@@ -688,12 +707,13 @@ def _secondary_gate(
     champion: dict[str, float],
     tolerance: float,
     evidence: dict[str, SecondaryEvidence] | None = None,
+    objective: str | None = None,
 ) -> Gate:
     """Holds when another metric is worse beyond the tolerance: with evidence, only when its whole paired
-    interval lies beyond it (a point estimate that moved on noise holds nothing); without, on the values."""
+    interval lies beyond it (a point estimate that moved on noise holds nothing); without, on the values.
+    The threshold metrics a binary model's decision objective trades away are named, not gated."""
     worse, not_comparable = [], []
-    others = [metric for metric in metrics_for(task) if metric != primary_metric]
-    for metric in others:
+    for metric in gated_secondaries(task, primary_metric, objective):
         loss = -improvement(metric, challenger.get(metric, math.nan), champion.get(metric, math.nan))
         found = (evidence or {}).get(metric)
         if found is not None and found.not_comparable:
@@ -711,6 +731,12 @@ def _secondary_gate(
         elif found is None and loss > tolerance:
             worse.append(f"{metric} by {_format(float(loss))} ({values})")
     skipped = f"; not comparable: {', '.join(not_comparable)}" if not_comparable else ""
+    traded = [metric for metric in traded_metrics(task, objective) if metric != primary_metric]
+    if traded:
+        skipped += (
+            f"; not gated: {', '.join(traded)} (traded against each other at each model's cut-off, chosen for "
+            f"{objective})"
+        )
     if worse:
         reason = f"worse beyond the tolerance of {_format(tolerance)}: {'; '.join(worse)}{skipped}"
         return Gate(SECONDARY_GATE, False, reason)
@@ -730,12 +756,14 @@ def decide(
     thresholds: PromotionThresholds,
     secondary: dict[str, SecondaryEvidence] | None = None,
     holdout_rows: int | None = None,
+    objective: str | None = None,
 ) -> Verdict:
     """PROMOTE, HOLD or REJECT a challenger, with every gate's outcome and reason.
 
     A failed floor or a challenger clearly worse (interval entirely below 0) rejects; any other failed
     gate holds. Without a champion only the floor applies, since there is nothing to compare with.
-    Replacing a champion also needs a holdout of at least `thresholds.min_holdout_rows` rows.
+    Replacing a champion also needs a holdout of at least `thresholds.min_holdout_rows` rows. For a binary
+    model, `objective` is the decision objective its cut-off was chosen for (see `traded_metrics`).
     """
     if primary_metric not in metrics_for(task):
         raise ValueError(f"{primary_metric!r} is not a {task} metric: use one of {list(metrics_for(task))}")
@@ -752,7 +780,13 @@ def decide(
         ),
         _interval_gate(difference_interval),
         _secondary_gate(
-            task, primary_metric, challenger_metrics, champion_metrics, thresholds.secondary_tolerance, secondary
+            task,
+            primary_metric,
+            challenger_metrics,
+            champion_metrics,
+            thresholds.secondary_tolerance,
+            secondary,
+            objective,
         ),
     ]
     if holdout_rows is not None:
@@ -894,8 +928,10 @@ def evaluate(
     challenger_version: str | int | None = None,
     champion_version: str | int | None = None,
     seed: int = 0,
+    objective: str | None = None,
 ) -> EvaluationReport:
-    """Score the challenger (and the champion, if any) on the holdout and decide on promotion."""
+    """Score the challenger (and the champion, if any) on the holdout and decide on promotion; `objective` is
+    a binary customer's decision objective (`spec.decision.objective`)."""
     thresholds = thresholds or PromotionThresholds()
     challenger_metrics = compute_metrics(task, y_true, challenger_output)
     champion_metrics, difference, secondary = None, None, None
@@ -913,11 +949,11 @@ def evaluate(
         )
         secondary = secondary_evidence(
             task, primary_metric, y_true, champion_output, challenger_output,
-            rounds=thresholds.bootstrap_rounds, confidence=thresholds.confidence, seed=seed,
+            rounds=thresholds.bootstrap_rounds, confidence=thresholds.confidence, seed=seed, objective=objective,
         )  # fmt: skip
     verdict = decide(
         task, primary_metric, challenger_metrics, champion_metrics, difference, thresholds, secondary,
-        holdout_rows=len(challenger_output),
+        holdout_rows=len(challenger_output), objective=objective,
     )  # fmt: skip
     return EvaluationReport(
         customer=customer,

@@ -8,6 +8,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from retrain_platform.evaluation import (
     MIN_SUPPORT_ROWS,
+    THRESHOLD_METRICS,
     secondary_evidence,
     FLOOR_GATE,
     GREATER_IS_BETTER,
@@ -26,6 +27,7 @@ from retrain_platform.evaluation import (
     metrics_for,
     min_change_failures,
     paired_bootstrap_difference,
+    traded_metrics,
 )
 from retrain_platform.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, PromotionThresholds
 
@@ -336,6 +338,61 @@ def test_a_secondary_metric_worse_on_a_point_but_not_beyond_its_interval_holds_n
     assert evidence["recall"].interval.high > -0.02  # but its interval does not lie beyond it
     assert secondary.passed, secondary.reason
     assert report.decision == "PROMOTE"
+
+
+def cut_off_models(seed=4, n=1500):
+    """A holdout with 30% positives, a champion cut at 0.2 (high recall, low precision), and a better-ranking
+    challenger at a cut-off of the caller's choosing."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+
+    def model(separation, threshold):
+        score = separation * y + rng.normal(size=n)
+        return ModelOutput.from_proba(sigmoid(separation * score - separation**2 / 2 - 0.85), [0, 1], threshold)
+
+    return y, model(1.0, 0.2), lambda threshold: model(1.5, threshold)
+
+
+def test_a_cut_off_chosen_for_f1_trades_recall_for_precision_without_holding_a_better_challenger():
+    y, champion, challenger_at = cut_off_models()
+    challenger = challenger_at(0.45)
+    old, new = compute_metrics("binary", y, champion), compute_metrics("binary", y, challenger)
+    assert old["recall"] - new["recall"] > 0.2 and new["f1"] > old["f1"]  # the cut-off moved: recall for precision
+
+    without = evaluate("binary", "roc_auc", y, challenger, champion)
+    assert without.decision == "HOLD" and "recall by" in gate(without, SECONDARY_GATE).reason
+
+    report = evaluate("binary", "roc_auc", y, challenger, champion, objective="f1")
+    assert report.decision == "PROMOTE", report.to_markdown()
+    secondary = gate(report, SECONDARY_GATE)
+    assert secondary.passed
+    assert "not gated: accuracy, precision, recall (traded against each other at each model's cut-off, chosen for f1)" in (
+        secondary.reason
+    )
+
+
+def test_a_challenger_whose_cut_off_ruins_the_objective_metric_is_held_on_it():
+    y, champion, challenger_at = cut_off_models()
+    challenger = challenger_at(0.85)
+    report = evaluate("binary", "roc_auc", y, challenger, champion, objective="f1")
+    assert gate(report, INTERVAL_GATE).passed  # a clearly better ranking
+    assert report.decision == "HOLD"
+    secondary = gate(report, SECONDARY_GATE)
+    assert "worse beyond the tolerance of 0.0200: f1 by" in secondary.reason
+    assert "recall by" not in secondary.reason
+
+
+def test_a_precision_target_gates_recall_only():
+    assert traded_metrics("binary", "precision") == ("accuracy", "precision", "f1")
+    assert traded_metrics("binary", "recall") == ("accuracy", "recall", "f1")
+    assert traded_metrics("binary", "cost") == THRESHOLD_METRICS
+    assert traded_metrics("multiclass", "f1") == () and traded_metrics("binary", None) == ()
+    y, champion, challenger_at = cut_off_models()
+    report = evaluate("binary", "roc_auc", y, challenger_at(0.45), champion, objective="precision")
+    assert report.decision == "HOLD"
+    assert "recall by 0.24" in gate(report, SECONDARY_GATE).reason
+    with pytest.raises(ValueError, match="unknown decision objective 'speed'"):
+        traded_metrics("binary", "speed")
 
 
 def test_gain_smaller_than_min_absolute_change_is_held():

@@ -380,6 +380,7 @@ def evaluation_report(
         customer=spec.customer,
         challenger_version=candidate_models.challenger_version,
         champion_version=champion_version if champion_output is not None else None,
+        objective=spec.decision.objective,
     )
     models.log_dict(candidate_models.challenger_run_id, report.to_dict(), "evaluation_report.json")
     for metric, value in report.challenger_metrics.items():
