@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from retrain_platform.interrupts import stop_on_signals
 from retrain_platform.local_daemon import daemon_running, exclusive
 from retrain_platform.settings import Home
 
@@ -216,6 +217,11 @@ def cmd_train(args) -> int:
     with _runner() as runner:
         load_spec(runner.warehouse, args.customer)
         _refuse_offboarded(runner.warehouse, args.customer)
+        if not runner.has_customer_partition(args.customer):
+            raise CommandError(
+                f"{args.customer} has a spec but no partition in this home's Dagster instance: "
+                f"onboard it again with --reuse"
+            )
         result = runner.train(args.customer)
     print(f"run {result.run_id}: {'succeeded' if result.success else 'failed'}")
     if not result.success:
@@ -605,8 +611,13 @@ def main(argv: list[str] | None = None) -> int:
     # Known and documented (README): partitioned asset checks are a Dagster preview, backfill policies a beta.
     warnings.filterwarnings("ignore", message=r".*is currently in (preview|beta)")
     args = build_parser().parse_args(argv)
+    stop_on_signals()
     try:
         return args.handler(args)
+    except KeyboardInterrupt as error:
+        run = f" ({error})" if str(error) else ""
+        print(f"interrupted: the run in progress{run} was marked failed; run the command again", file=sys.stderr)
+        return 130
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

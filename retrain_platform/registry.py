@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,22 @@ class ModelRegistry:
         """A parent MLflow run for one training; candidates are nested under it."""
         mlflow = self._activate()
         return mlflow.start_run(experiment_id=self.experiment_id(customer), run_name=run_name, tags=tags)
+
+    def close_abandoned_runs(self, customer: str, abandoned: Callable[[str], bool]) -> list[str]:
+        """End as KILLED the customer's MLflow runs still RUNNING whose Dagster run (`dagster_run_id` tag)
+        `abandoned` says is over: a training whose process was killed never ends its MLflow runs."""
+        client = self.client
+        experiment = client.get_experiment_by_name(f"retrain/{customer}")
+        if experiment is None:
+            return []
+        running = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'")
+        closed = []
+        for run in running:
+            dagster_run = run.data.tags.get("dagster_run_id")
+            if dagster_run and abandoned(dagster_run):
+                client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+        return closed
 
     def recent_trainings(self, customer: str, count: int) -> list[dict[str, str]]:
         """The tags of this customer's latest `count` training runs, newest first."""

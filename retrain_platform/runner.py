@@ -41,6 +41,7 @@ from retrain_platform.defs.onboarding import (
 )
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import Clock, DuckDBWarehouse, duckdb_kept_open
+from retrain_platform.defs.run_health import fail_dead_runs, worker_tags
 from retrain_platform.ingest import (
     BATCH_COLUMN,
     HISTORY_BATCH,
@@ -55,7 +56,8 @@ from retrain_platform.settings import CUSTOMER_TAG, Home
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.warehouse import Warehouse
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# A failed run's stack trace belongs in the UI's run view; a command prints one line naming the run.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 TRAIN_JOB = "train_customer"
 MONITOR_JOB = "monitor_batch"
 REMEASURE_JOB = "remeasure_batch"
@@ -111,6 +113,18 @@ def _outcome(result: dg.ExecuteInProcessResult, partition: str | None, started: 
     return RunOutcome(result.run_id, result.job_def.name, partition, result.success, time.perf_counter() - started, failure)
 
 
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether the run ended because this process was interrupted (Ctrl-C, or a signal `interrupts` maps)."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            if event.step_failure_data.error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                return True
+        reason = getattr(event.event_specific_data, "failure_reason", None) if event.is_failure else None
+        if getattr(reason, "value", None) == "UNEXPECTED_TERMINATION":
+            return True
+    return False
+
+
 class Runner:
     """Runs the platform's jobs and sensors in this process, on one Dagster instance and one code location."""
 
@@ -140,6 +154,7 @@ class Runner:
             if keep_warehouse_open and isinstance(defs.resources["warehouse"], DuckDBWarehouse):
                 stack.enter_context(duckdb_kept_open(database))
             instance = stack.enter_context(dg.DagsterInstance.get())
+            fail_dead_runs(instance)
             yield cls(defs, instance, charts=charts)
 
     def now(self, clock: Clock | None = None):
@@ -164,14 +179,19 @@ class Runner:
             run_config={**QUIET, **(run_config or {})},
             asset_selection=asset_selection,
             resources={"clock": clock} if clock is not None else None,
-            tags=tags,
+            tags={**worker_tags(), **(tags or {})},
             raise_on_error=False,
         )
+        if _interrupted(result):
+            raise KeyboardInterrupt(f"run {result.run_id}")
         return _outcome(result, partition_key, started)
 
     def train(self, customer: str, trigger: str = "manual", clock: Clock | None = None, search: dict | None = None) -> RunOutcome:
         """The training chain for one customer; `search` overrides the candidate search's settings."""
         return self.run_job(TRAIN_JOB, customer, training_config(trigger, search), clock=clock, tags={CUSTOMER_TAG: customer})
+
+    def has_customer_partition(self, customer: str) -> bool:
+        return self.instance.has_dynamic_partition(customers.name, customer)
 
     def add_partitions(self, name: str, keys: list[str]) -> None:
         self.instance.add_dynamic_partitions(name, keys)

@@ -31,6 +31,7 @@ from retrain_platform.alerts import (
 from retrain_platform.defs.monitoring import monitor_batch, remeasure_batch
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
+from retrain_platform.defs.run_health import fail_dead_runs, worker_tags
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
 from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
@@ -102,7 +103,9 @@ def training_request(trigger: Trigger) -> dg.RunRequest:
 
 
 def training_in_flight(instance: dg.DagsterInstance, customer: str) -> bool:
-    """A queued or running run of the customer's partition (from a sensor, a schedule or the UI)."""
+    """A queued or running run of the customer's partition (from a sensor, a schedule or the UI); a run whose
+    process on this host was killed is marked failed first, or it would postpone retraining forever."""
+    fail_dead_runs(instance, customer)
     records = instance.get_run_records(
         dg.RunsFilter(statuses=IN_FLIGHT, tags={"dagster/partition": customer}), limit=1
     )
@@ -697,7 +700,7 @@ def tick_in_process(
     tick = SensorTick(sensor_name, result.cursor, skip)
     for request in result.run_requests or []:
         job = definitions.resolve_job_def(request.job_name or sensor.job_name)
-        tags = {**request.tags, "dagster/sensor_name": sensor_name}
+        tags = {**worker_tags(), **request.tags, "dagster/sensor_name": sensor_name}
         if request.run_key:
             tags["dagster/run_key"] = request.run_key
         config = _deep_merge(dict(request.run_config or {}), run_config or {})

@@ -261,6 +261,13 @@ def candidate_models(
     MLflow run."""
     spec = features.spec
     models = registry.get_registry()
+
+    def run_is_over(run_id: str) -> bool:
+        run = context.instance.get_run_by_id(run_id)
+        return run is None or run.is_finished
+
+    if closed := models.close_abandoned_runs(spec.customer, run_is_over):
+        context.log.warning(f"ended {len(closed)} MLflow run(s) that a killed training left RUNNING")
     train_rows = len(features.train)
     known = None
     if config.search == SEARCH_AUTO:
