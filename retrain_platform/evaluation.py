@@ -620,7 +620,17 @@ def _improvement_gate(
     return Gate(IMPROVEMENT_GATE, False, f"{change}; fails the {' and '.join(failures)} minimum: required {required}")
 
 
-def _interval_gate(interval: DifferenceInterval) -> Gate:
+def required_gain(metric: str, champion_value: float, thresholds: PromotionThresholds) -> float:
+    """The improvement a challenger must show, in the metric's units: the larger of `min_absolute_change` and
+    `min_relative_change` of the champion's value."""
+    relative = thresholds.min_relative_change * abs(comparable_value(metric, champion_value))
+    return max(thresholds.min_absolute_change, relative if math.isfinite(relative) else 0.0)
+
+
+def _interval_gate(interval: DifferenceInterval, required: float = 0.0) -> Gate:
+    """Passes when the whole interval lies above the required improvement: a challenger must show with
+    evidence that it gains what the spec asks, not only that it is not worse (on stable data a model fitted
+    on more rows is often better by a sliver, which is no reason to replace a champion)."""
     level = f"{interval.confidence:.0%}"
     if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
         reason = f"the {level} interval of the {interval.metric} difference could not be estimated (no usable resample)"
@@ -629,10 +639,14 @@ def _interval_gate(interval: DifferenceInterval) -> Gate:
         f"{level} interval of the {interval.metric} difference "
         f"[{_format(interval.low, True)}, {_format(interval.high, True)}] ({interval.rounds} paired resamples)"
     )
-    if interval.challenger_better:
-        return Gate(INTERVAL_GATE, True, f"{bounds} is above 0")
+    if interval.low > required:
+        cleared = "is above 0" if required == 0 else f"lies above the required improvement of {_format(required)}"
+        return Gate(INTERVAL_GATE, True, f"{bounds} {cleared}")
     if interval.challenger_worse:
         return Gate(INTERVAL_GATE, False, f"{bounds} is below 0: the challenger is clearly worse", REJECT)
+    if interval.challenger_better:
+        reason = f"{bounds} reaches below the required improvement of {_format(required)}: the gain may be smaller"
+        return Gate(INTERVAL_GATE, False, reason)
     return Gate(INTERVAL_GATE, False, f"{bounds} contains 0: the difference is inside the confidence interval")
 
 
@@ -778,7 +792,9 @@ def decide(
         _improvement_gate(
             primary_metric, challenger_metrics[primary_metric], champion_metrics[primary_metric], thresholds
         ),
-        _interval_gate(difference_interval),
+        _interval_gate(
+            difference_interval, required_gain(primary_metric, champion_metrics[primary_metric], thresholds)
+        ),
         _secondary_gate(
             task,
             primary_metric,

@@ -27,6 +27,7 @@ from retrain_platform.evaluation import (
     metrics_for,
     min_change_failures,
     paired_bootstrap_difference,
+    required_gain,
     traded_metrics,
 )
 from retrain_platform.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, PromotionThresholds
@@ -404,13 +405,37 @@ def test_gain_smaller_than_min_absolute_change_is_held():
     assert report.decision == "HOLD"
     improvement_gate = gate(report, IMPROVEMENT_GATE)
     assert not improvement_gate.passed and "absolute minimum" in improvement_gate.reason
-    assert gate(report, INTERVAL_GATE).passed
+    assert "reaches below the required improvement of" in gate(report, INTERVAL_GATE).reason
 
     relative = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds(min_relative_change=0.5))
     assert relative.decision == "HOLD" and "relative minimum" in gate(relative, IMPROVEMENT_GATE).reason
-    just_enough = PromotionThresholds(min_absolute_change=gain - 0.01)
+    low = report.difference.low
+    just_enough = PromotionThresholds(min_absolute_change=low - 0.01)
     enough = evaluate("binary", "roc_auc", y, challenger, champion, just_enough)
     assert enough.decision == "PROMOTE"
+    assert f"lies above the required improvement of {low - 0.01:.4f}" in gate(enough, INTERVAL_GATE).reason
+
+
+def test_a_gain_above_the_minimum_on_its_point_but_not_across_its_interval_is_held():
+    """The steady control's case: a model fitted on twice the rows of unchanged data is better by a sliver
+    whose interval reaches below the spec's minimum improvement; that is no reason to replace a champion."""
+    y, rng = binary_holdout(2000)
+    challenger, champion = binary_model(y, 1.5, rng), binary_model(y, 1.0, rng)
+    report = evaluate("binary", "roc_auc", y, challenger, champion)
+    low, point = report.difference.low, report.difference.point
+    assert report.decision == "PROMOTE" and 0 < low < point
+    required = (low + point) / 2  # the point clears it, the interval does not
+    held = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds(min_absolute_change=required))
+    assert gate(held, IMPROVEMENT_GATE).passed
+    interval = gate(held, INTERVAL_GATE)
+    assert not interval.passed and interval.on_fail == "HOLD"
+    assert f"reaches below the required improvement of {required:.4f}: the gain may be smaller" in interval.reason
+    assert held.decision == "HOLD"
+    # A relative minimum is taken of the champion's value, in the metric's units.
+    champion_auc = held.champion_metrics["roc_auc"]
+    relative = PromotionThresholds(min_relative_change=required / champion_auc)
+    assert required_gain("roc_auc", champion_auc, relative) == pytest.approx(required)
+    assert evaluate("binary", "roc_auc", y, challenger, champion, relative).decision == "HOLD"
 
 
 def test_regression_error_metric_orientation():
