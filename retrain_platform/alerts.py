@@ -2,13 +2,18 @@
 webhook (Slack, Teams, an incident tool).
 
 A webhook that is down never stops the platform: the alert is already in the table, and the failure is
-reported to the caller's log.
+reported to the caller's log. A webhook URL is a secret (Slack and Teams keep their token in its path, others
+take `https://user:password@host/...`): logs and messages name its host only, and credentials in it travel as
+a Basic Authorization header, never in the URL that is requested.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -75,19 +80,76 @@ def record(
     try:
         post(webhook_url, alert, timeout)
     except Exception as error:  # the alert is stored; a broken webhook must not fail a run or a sensor
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        log.error(f"alert webhook {webhook_url} failed: {reason}")
+        log.error(f"{_without_secrets(str(error), webhook_url)}; the alert is in the {ALERTS_TABLE} table")
         return False
     return True
 
 
+class WebhookError(RuntimeError):
+    """The webhook did not take an alert; the message names the webhook's host, nothing else of its URL."""
+
+
+def webhook_host(url: str) -> str:
+    """What of a webhook URL may be shown: its host and port."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "(unreadable URL)"
+    if not host:
+        return "(no host)"
+    return f"{host}:{port}" if port else host
+
+
+def webhook_request(url: str, body: bytes) -> urllib.request.Request:
+    """A JSON POST to the URL without its credentials; `user:password@` becomes a Basic Authorization header
+    (not repeated to wherever a redirect points)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookError(
+            f"alert webhook at {webhook_host(url)}: the URL must start with http:// or https:// and name a host"
+        )
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(bare, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    if parts.username is not None or parts.password is not None:
+        user, password = urllib.parse.unquote(parts.username or ""), urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_unredirected_header("Authorization", f"Basic {token}")
+    return request
+
+
 def post(url: str, alert: Alert, timeout: float = WEBHOOK_TIMEOUT_SECONDS) -> None:
-    """POST the alert as JSON; raises on a network error or a non-2xx answer."""
-    body = json.dumps(alert.to_json()).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        if not 200 <= response.status < 300:
-            raise RuntimeError(f"HTTP {response.status}")
+    """POST the alert as JSON; raise `WebhookError` on a network error or a non-2xx answer."""
+    where = f"alert webhook at {webhook_host(url)}"
+    request = webhook_request(url, json.dumps(alert.to_json()).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        raise WebhookError(f"{where} failed: HTTP {error.code}") from None
+    except urllib.error.URLError as error:
+        raise WebhookError(f"{where} failed: {_without_secrets(str(error.reason), url)}") from None
+    except Exception as error:  # urllib and http.client raise many kinds; none may carry the URL onwards
+        reason = _without_secrets(str(error).splitlines()[0] if str(error) else type(error).__name__, url)
+        raise WebhookError(f"{where} failed: {reason}") from None
+    if not 200 <= status < 300:
+        raise WebhookError(f"{where} failed: HTTP {status}")
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """`text` with the URL and its password, path and query blanked, wherever a library may have put them."""
+    secrets = [url]
+    try:
+        parts = urllib.parse.urlsplit(url)
+        secrets += [parts.password, urllib.parse.unquote(parts.password or ""), parts.path, parts.query]
+    except ValueError:
+        pass
+    for secret in sorted({s for s in secrets if s and len(s) > 1}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def history(warehouse: Warehouse, customer: str | None = None, kind: str | None = None) -> pd.DataFrame:

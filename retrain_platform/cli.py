@@ -123,6 +123,18 @@ def _batch_lines(outcome) -> list[str]:
         f"{summary.customer}: batch {summary.batch_id}: {summary.new_rows:,} new rows, {summary.labels_merged:,} labels merged"
         + (f" (ignored columns: {', '.join(summary.ignored_columns)})" if summary.ignored_columns else "")
     ]
+    if summary.replaced_rows:
+        lines.append(
+            f"  replaced the batch's {summary.replaced_rows:,} earlier rows; their predictions, drift statistics and "
+            "metrics were removed"
+        )
+    elif summary.stored_before and summary.new_rows:
+        lines.append(f"  completed the batch: it held {summary.stored_before:,} of this file's rows before")
+    elif summary.stored_before:
+        lines.append(
+            "  the batch already held every row of this file"
+            + ("; its unfinished monitoring ran now" if outcome.monitored else "")
+        )
     lines += [f"  monitored {run.partition}: run {run.run_id[:8]} succeeded" for run in outcome.monitored]
     lines += [
         f"  re-measured {run.partition} with its new labels: {'succeeded' if run.success else 'FAILED'}"
@@ -165,19 +177,31 @@ def _drift_summary(warehouse) -> str:
 
 
 def cmd_ingest(args) -> int:
+    from retrain_platform.spec import validate_customer_id
+
+    if args.replace and not args.batch:
+        raise CommandError("--replace needs --batch ID: the batch whose rows this file replaces")
+    validate_customer_id(args.customer)
     home = _home(args)
     if not home.warehouse_path.exists():
         raise CommandError(f"no platform home at {home.root}")
     from retrain_platform.customers import load_spec
-    from retrain_platform.ingest import read_source
+    from retrain_platform.ingest import ingest_lock, read_source
     from retrain_platform.runner import RunFailed
 
-    with _runner() as runner:
+    frame = read_source(args.source)
+
+    def waiting(lock: str) -> None:
+        print(f"{args.customer}: another ingest of this customer is running; waiting for it (lock {lock})", flush=True)
+
+    # Taken before the first read of the warehouse: DuckDB refuses a second process while one writes.
+    with ingest_lock(home.root, args.customer, on_wait=waiting), _runner() as runner:
         spec = load_spec(runner.warehouse, args.customer)
         _refuse_offboarded(runner.warehouse, spec.customer)
-        frame = read_source(args.source)
         try:
-            outcome = runner.ingest_and_monitor(spec, frame, batch_id=args.batch, monitor=not args.no_monitor)
+            outcome = runner.ingest_and_monitor(
+                spec, frame, batch_id=args.batch, monitor=not args.no_monitor, replace=args.replace
+            )
         except RunFailed as error:
             raise _failed(error) from None
     for line in _batch_lines(outcome):
@@ -537,6 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", required=True, help="a .csv or .parquet file")
     ingest.add_argument("--batch", help="batch id (default: b<UTC timestamp>)")
     ingest.add_argument("--no-monitor", action="store_true", help="only store the rows; do not score or measure")
+    ingest.add_argument(
+        "--replace", action="store_true",
+        help="replace the rows the batch id already holds with this file's (they are measured again)",
+    )  # fmt: skip
     ingest.set_defaults(handler=cmd_ingest)
 
     onboard = commands.add_parser(

@@ -3,19 +3,25 @@
 A file is checked against the customer's spec before anything is written: a file that does not match is
 refused with a message naming the column and the problem, and the landing table is left as it was. Rows
 whose id is already stored are never inserted twice; their labels, when the file carries them, are merged
-in (the expert-labelling loop: labels people add later are used).
+in (the expert-labelling loop: labels people add later are used). A batch id names one file's rows: given
+again with the same file it completes an interrupted ingest, given with another file it is refused unless
+the batch is replaced.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from retrain_platform.spec import CustomerSpec, case_collision, case_collision_message, class_value, class_values
 from retrain_platform.warehouse import Warehouse, quote
@@ -43,6 +49,8 @@ EPOCH_UNITS = (
 LATEST_EPOCH_NANOSECONDS = 2**63 - 1
 NUMBER_PATTERN = r"[-+]?\d+(\.\d*)?([eE][-+]?\d+)?"
 SHOWN_VALUES = 5
+# Where a home keeps the lock files that serialise each customer's ingests.
+LOCK_FOLDER = "logs"
 
 
 class IngestError(ValueError):
@@ -57,6 +65,11 @@ class IngestSummary:
     labels_merged: int
     ignored_columns: list[str] = field(default_factory=list)
     batches_with_new_labels: list[str] = field(default_factory=list)
+    # Rows the batch held before this file (a re-run completing an interrupted ingest), rows `replace` removed,
+    # and rows the batch holds now.
+    stored_before: int = 0
+    replaced_rows: int = 0
+    batch_rows: int = 0
 
 
 def batch_partition_key(customer: str, batch_id: str) -> str:
@@ -284,13 +297,36 @@ def conform(frame: pd.DataFrame, spec: CustomerSpec, *, require_features: bool =
 
 
 def ingest(
-    warehouse: Warehouse, spec: CustomerSpec, frame: pd.DataFrame, batch_id: str | None = None
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    frame: pd.DataFrame,
+    batch_id: str | None = None,
+    *,
+    replace: bool = False,
 ) -> IngestSummary:
-    """Append a batch to the landing table and merge any labels for rows already stored."""
+    """Append a batch to the landing table and merge any labels for rows already stored.
+
+    A batch id that already holds rows takes only the same file again, which completes an interrupted
+    ingest: the rows still missing are stored and the rest are left as they are (their labels merged). A file
+    that leaves some of the batch's stored rows out is another file and is refused, unless `replace`: then
+    the batch's rows become the file's, in one transaction (rows stored in other batches stay there).
+
+    Whether the batch's stored rows are all in the file is judged by id when the customer has an id column:
+    an id names its row, so a re-sent file whose labels changed is still the same file and its labels are
+    merged (a corrected feature value is not: that needs `replace`). Without an id column, by content: every
+    stored row must match a row of the file on the timestamp, the features and the label (each file row
+    matching one stored row, so repeated rows count), since nothing else tells two rows apart; a changed
+    label then makes another file, and `replace` is the way to correct one.
+    """
     batch_id = validate_batch_id(batch_id or new_batch_id())
     if is_history_batch(batch_id):
         raise IngestError(f"invalid batch id {batch_id!r}: ids starting with 'history' are kept for onboarded history")
     label_only = bool(spec.id_column) and set(frame.columns) <= {spec.id_column, spec.label_column}
+    if replace and label_only:
+        raise IngestError(
+            "--replace: this file has only ids and labels, which are merged into the rows they name; "
+            f"replace batch {batch_id!r} with a file of rows"
+        )
     if not spec.id_column and spec.label_column in frame.columns and spec.timestamp_column not in frame.columns:
         raise IngestError(
             f"{spec.customer} has no id column, so late labels cannot find their rows: send labels with the rows, "
@@ -308,14 +344,10 @@ def ingest(
     exists = warehouse.table_exists(table)
     if exists and BATCH_COLUMN not in warehouse.columns(table):
         warehouse.execute(f"alter table {quote(table)} add column {quote(BATCH_COLUMN)} varchar")
-    stored_ids = pd.Series([], dtype=object)
-    if exists and spec.id_column:
-        stored_ids = warehouse.query(f"select {quote(spec.id_column)} from {quote(table)}")[spec.id_column]
-
     if spec.id_column:
-        seen = conformed[spec.id_column].isin(stored_ids)
+        seen, stored_before = _stored_by_id(warehouse, spec, conformed, batch_id, exists, replace, label_only)
     else:
-        seen = pd.Series(False, index=conformed.index)
+        seen, stored_before = _stored_by_content(warehouse, spec, conformed, batch_id, exists, replace)
     if label_only and (~seen).any():
         unknown = conformed.loc[~seen, spec.id_column].iloc[0]
         raise IngestError(f"column {spec.id_column!r}: id {unknown!r} has a label but no stored row")
@@ -324,10 +356,18 @@ def ingest(
     if spec.id_column:
         late_labels = conformed.loc[seen & conformed[spec.label_column].notna(), [spec.id_column, spec.label_column]]
     fresh = conformed.loc[~seen].assign(**{BATCH_COLUMN: batch_id})
+    replacing = replace and stored_before > 0
+    if replacing and fresh.empty:
+        raise IngestError(
+            f"--replace: every row of this file is stored in another batch, so batch {batch_id!r} would be left "
+            "empty; nothing was changed"
+        )
     affected: list[str] = []
     if len(late_labels):
         affected = _merge_labels(warehouse, spec, late_labels)
-    if len(fresh):
+    if replacing:
+        warehouse.write(table, fresh, replace_where={BATCH_COLUMN: batch_id})
+    elif len(fresh):
         warehouse.write(table, fresh)
     return IngestSummary(
         customer=spec.customer,
@@ -336,7 +376,116 @@ def ingest(
         labels_merged=len(late_labels),
         ignored_columns=ignored,
         batches_with_new_labels=affected,
+        stored_before=0 if replacing else stored_before,
+        replaced_rows=stored_before if replacing else 0,
+        batch_rows=len(fresh) if replacing else stored_before + len(fresh),
     )
+
+
+def _reused(batch_id: str, customer: str, rows: int) -> IngestError:
+    return IngestError(
+        f"batch id {batch_id!r} of {customer} already holds {rows:,} row(s) that are not in this file: give a new "
+        "batch id, or add --replace to replace that batch's rows with this file's"
+    )
+
+
+def _stored_by_id(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    conformed: pd.DataFrame,
+    batch_id: str,
+    exists: bool,
+    replace: bool,
+    label_only: bool,
+) -> tuple[pd.Series, int]:
+    """Which rows of the file are stored already (their ids are), and how many rows the batch holds.
+    Under `replace` the batch's own rows do not count as stored: they are about to be replaced."""
+    ids = conformed[spec.id_column]
+    if not exists:
+        return pd.Series(False, index=conformed.index), 0
+    table, key, batch = quote(spec.landing_table), quote(spec.id_column), quote(BATCH_COLUMN)
+    held = 0
+    # A label file adds no rows to its batch id: what that id holds is no concern of it.
+    if not label_only:
+        in_batch = warehouse.query(f'select {key} as "id" from {table} where {batch} = ?', [batch_id])["id"]
+        held = len(in_batch)
+        missing = int((~in_batch.isin(ids)).sum())
+        if missing and not replace:
+            raise _reused(batch_id, spec.customer, missing)
+    if replace and held:
+        stored = warehouse.query(f'select {key} as "id" from {table} where {batch} is distinct from ?', [batch_id])
+    else:
+        stored = warehouse.query(f'select {key} as "id" from {table}')
+    return ids.isin(stored["id"]), held
+
+
+def _stored_by_content(
+    warehouse: Warehouse,
+    spec: CustomerSpec,
+    conformed: pd.DataFrame,
+    batch_id: str,
+    exists: bool,
+    replace: bool,
+) -> tuple[pd.Series, int]:
+    """For a customer without ids: which rows of the file the batch already holds (row for row, by value), and
+    how many rows it holds. Rows are never matched across batches: two batches may hold equal rows."""
+    nothing = pd.Series(False, index=conformed.index)
+    if not exists:
+        return nothing, 0
+    table, batch = quote(spec.landing_table), quote(BATCH_COLUMN)
+    held = int(warehouse.query(f'select count(*) as "n" from {table} where {batch} = ?', [batch_id])["n"].iloc[0])
+    if not held or replace:
+        return nothing, held
+    columns = [spec.timestamp_column, *spec.feature_names, spec.label_column]
+    stored = warehouse.query(
+        f"select {', '.join(quote(c) for c in columns)} from {table} where {batch} = ?", [batch_id]
+    )
+    remaining = Counter(_row_keys(stored, columns))
+    seen = []
+    for key in _row_keys(conformed, columns):
+        found = remaining.get(key, 0) > 0
+        if found:
+            remaining[key] -= 1
+        seen.append(found)
+    unmatched = sum(remaining.values())
+    if unmatched:
+        raise _reused(batch_id, spec.customer, unmatched)
+    return pd.Series(seen, index=conformed.index), held
+
+
+def _row_keys(frame: pd.DataFrame, columns: list[str]) -> Iterator[tuple]:
+    return zip(*(_comparable(frame[column]) for column in columns))
+
+
+def _comparable(values: pd.Series) -> list:
+    """Values as the file and the warehouse both give them back: timestamps to the microsecond, numbers and
+    classes as plain text (a 1 read back as 1.0 next to a NULL is still 1), missing values as None."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        micros = values.astype("datetime64[ns]").astype("int64") // 1_000
+        return [None if missing else int(value) for value, missing in zip(micros, values.isna(), strict=True)]
+    return [None if pd.isna(value) else str(class_value(value)) for value in values]
+
+
+@contextmanager
+def ingest_lock(home: Path, customer: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the customer's ingest lock for the block: a file lock in the home, so two processes ingesting for
+    one customer take turns (between checking which ids are stored and inserting the rest, no other ingest
+    can insert the same rows). Re-entrant in a process: the CLI holds it while it reads the customer's spec,
+    the runner again around the ingest and its monitoring. A process that dies releases it.
+    `on_wait` hears once, with the lock file's path, that another ingest holds the lock."""
+    path = Path(home) / LOCK_FOLDER / f"ingest-{customer}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, is_singleton=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait(str(path))
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _merge_labels(warehouse: Warehouse, spec: CustomerSpec, labels: pd.DataFrame) -> list[str]:

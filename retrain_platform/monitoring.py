@@ -294,6 +294,35 @@ def store_report(
     warehouse.write(DRIFT_BATCHES_TABLE, summary, replace_where=key)
 
 
+def batch_measured(warehouse: Warehouse, customer: str, batch_id: str, rows: int) -> bool:
+    """Whether the batch's monitoring finished over all its `rows`: the serving model's predictions cover every
+    row and its drift summary counts them. Not after an ingest that stopped before monitoring, nor a run killed
+    while it scored."""
+    if not (warehouse.table_exists(PREDICTIONS_TABLE) and warehouse.table_exists(DRIFT_BATCHES_TABLE)):
+        return False
+    key = [customer, batch_id]
+    scored = warehouse.query(
+        f'select "model_role", count(*) as "n" from {quote(PREDICTIONS_TABLE)} '
+        'where "customer" = ? and "batch_id" = ? group by 1',
+        key,
+    )
+    counts = {str(role): int(n) for role, n in zip(scored["model_role"], scored["n"], strict=True)}
+    serving = serving_role(counts)
+    if serving is None or counts[serving] != rows:
+        return False
+    summary = warehouse.query(
+        f'select "rows" from {quote(DRIFT_BATCHES_TABLE)} where "customer" = ? and "batch_id" = ?', key
+    )
+    return len(summary) == 1 and int(summary["rows"].iloc[0]) == rows
+
+
+def forget_batch(warehouse: Warehouse, customer: str, batch_id: str) -> None:
+    """Remove a batch's predictions, drift statistics and metrics, once its rows were replaced: they describe
+    rows that are gone, and the sensors must not act on them while the new rows wait for their monitoring."""
+    for table in (PREDICTIONS_TABLE, DRIFT_TABLE, METRICS_TABLE, DRIFT_BATCHES_TABLE):
+        warehouse.delete_where(table, {"customer": customer, "batch_id": batch_id})
+
+
 def drift_by_batch(warehouse: Warehouse) -> pd.DataFrame:
     """Per customer, batch and feature whether it drifted (the prediction's own row left out), oldest first."""
     if not warehouse.table_exists(DRIFT_TABLE):

@@ -211,29 +211,51 @@ class Runner:
         batch_id: str | None = None,
         monitor: bool = True,
         clock: Clock | None = None,
+        replace: bool = False,
     ) -> BatchOutcome:
-        """Ingest a file, then check, score and measure its new batch, and re-measure older batches whose
-        labels it carried. Raise `RunFailed` when the new batch's monitoring fails; the batch is kept."""
-        summary = ingest(self.warehouse, spec, frame, batch_id)
-        outcome = BatchOutcome(summary)
-        new_keys = [batch_partition_key(spec.customer, summary.batch_id)] if summary.new_rows else []
-        relabelled = [
-            batch_partition_key(spec.customer, b)
-            for b in summary.batches_with_new_labels
-            if b != summary.batch_id and not is_history_batch(b)
-        ]
-        if new_keys:
-            self.add_partitions(batches.name, new_keys)
-        if not monitor:
-            return outcome
-        for key in new_keys:
-            run = self.run_job(MONITOR_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
-            outcome.monitored.append(run)
-            if not run.success:
-                raise RunFailed(f"monitoring failed for batch {key} (run {run.run_id}): {run.failure}; the batch is kept")
-        for key in relabelled:
-            run = self.run_job(REMEASURE_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
-            outcome.remeasured.append(run)
+        """Ingest a file, then check, score and measure its batch, and re-measure older batches whose labels it
+        carried. Raise `RunFailed` when the batch's monitoring fails; the batch is kept.
+
+        The batch is monitored when the file changed its rows (new rows, or `replace`), and also when it did not
+        but the batch's last monitoring never finished (an ingest or a run that was interrupted): re-running
+        the same ingest completes it. A batch whose own stored rows got labels from the file is re-measured.
+        All of it holds the customer's ingest lock, so a second ingest of the customer waits for this one."""
+        from retrain_platform import monitoring
+        from retrain_platform.ingest import ingest_lock
+
+        with ingest_lock(Home.from_env().root, spec.customer):
+            summary = ingest(self.warehouse, spec, frame, batch_id, replace=replace)
+            if summary.replaced_rows:
+                monitoring.forget_batch(self.warehouse, spec.customer, summary.batch_id)
+            outcome = BatchOutcome(summary)
+            key = batch_partition_key(spec.customer, summary.batch_id)
+            changed = summary.new_rows > 0 or summary.replaced_rows > 0
+            unfinished = (
+                monitor
+                and summary.batch_rows > 0
+                and not monitoring.batch_measured(self.warehouse, spec.customer, summary.batch_id, summary.batch_rows)
+            )
+            new_keys = [key] if summary.batch_rows and (changed or unfinished) else []
+            relabelled = [
+                batch_partition_key(spec.customer, b)
+                for b in summary.batches_with_new_labels
+                if not is_history_batch(b) and batch_partition_key(spec.customer, b) not in new_keys
+            ]
+            if new_keys:
+                self.add_partitions(batches.name, new_keys)
+            if not monitor:
+                return outcome
+            tags = {CUSTOMER_TAG: spec.customer}
+            for key in new_keys:
+                run = self.run_job(MONITOR_JOB, key, self.monitor_config, clock=clock, tags=tags)
+                outcome.monitored.append(run)
+                if not run.success:
+                    raise RunFailed(
+                        f"monitoring failed for batch {key} (run {run.run_id}): {run.failure}; the batch is kept"
+                    )
+            for key in relabelled:
+                run = self.run_job(REMEASURE_JOB, key, self.monitor_config, clock=clock, tags=tags)
+                outcome.remeasured.append(run)
         return outcome
 
     def tick(
