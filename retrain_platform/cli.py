@@ -221,11 +221,12 @@ def cmd_status(args) -> int:
     home = _home(args)
     if not home.warehouse_path.exists():
         raise CommandError(f"no platform home at {home.root}: run `retrain-platform demo` first")
-    from retrain_platform.status import customer_status, format_table
+    from retrain_platform.status import customer_status, format_table, quarantined_batches
 
     with _runner() as runner:
         rows = customer_status(runner.warehouse, runner.registry)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        quarantined = quarantined_batches(runner.warehouse)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows, quarantined))
     return 0
 
 
@@ -251,6 +252,74 @@ def cmd_train(args) -> int:
     if not result.success:
         raise CommandError(f"training run {result.run_id} failed for {args.customer}: {result.failure}")
     return 0
+
+
+def cmd_batches(args) -> int:
+    import getpass
+
+    from retrain_platform import batches
+    from retrain_platform.spec import validate_customer_id
+
+    if args.drop and args.release:
+        raise CommandError("--drop and --release: give one of them")
+    validate_customer_id(args.customer)
+    home = _home(args)
+    if not home.warehouse_path.exists():
+        raise CommandError(f"no platform home at {home.root}")
+    from retrain_platform.customers import load_spec
+    from retrain_platform.ingest import ingest_lock
+
+    by = f"cli:{getpass.getuser()}"
+
+    def waiting(lock: str) -> None:
+        print(f"{args.customer}: an ingest of this customer is running; waiting for it (lock {lock})", flush=True)
+
+    # Taken before the first read of the warehouse, as ingest does: a batch is never changed under an ingest.
+    with ingest_lock(home.root, args.customer, on_wait=waiting), _runner() as runner:
+        spec = load_spec(runner.warehouse, args.customer)
+        run = None
+        try:
+            if args.drop:
+                record = runner.drop_batch(spec, args.drop, by)
+            elif args.release:
+                record, run = runner.release_batch(spec, args.release, by)
+        except batches.BatchError as error:
+            raise _failed(error) from None
+        listed = batches.list_batches(runner.warehouse, spec)
+    if args.json:
+        print(listed.to_json(orient="records", date_format="iso"))
+    else:
+        print(_batches_table(spec.customer, listed))
+    if args.drop:
+        print(f"{spec.customer}: batch {record.batch_id} dropped: {record.rows:,} row(s) and their predictions, "
+              "drift statistics and metrics deleted; the alerts table records it")  # fmt: skip
+    if args.release:
+        print(f"{spec.customer}: batch {record.batch_id} released: its rows pass the checks and count again for "
+              "training, drift and metrics; the alerts table records it")  # fmt: skip
+        if run is not None:
+            print(f"  monitored {run.partition}: run {run.run_id[:8]} {'succeeded' if run.success else 'FAILED'}"
+                  + ("" if run.success else f": {run.failure}"))  # fmt: skip
+    return 0
+
+
+def _batches_table(customer: str, listed) -> str:
+    if listed.empty:
+        return f"{customer}: no batches stored"
+    lines = [f"{'batch':<24} {'rows':>9} {'labelled':>9}  {'state':<12} rule"]
+    for row in listed.itertuples():
+        rule = "-"
+        if row.state == "quarantined":
+            # The detail names the column, the rule and what was found.
+            rule = row.detail or f"{row.column or 'table'}: {row.rule}"
+        lines.append(f"{row.batch_id:<24} {row.rows:>9,} {row.labelled_rows:>9,}  {row.state:<12} {rule}")
+    quarantined = int((listed["state"] == "quarantined").sum())
+    if quarantined:
+        lines.append(
+            f"{quarantined} quarantined: training, drift and metrics leave them out. Correct one with `ingest {customer} "
+            "--source FILE --batch ID --replace` (a passing check clears it), release one whose rows pass the checks "
+            "now with `--release ID`, or delete one with `--drop ID`"
+        )
+    return "\n".join(lines)
 
 
 @contextmanager
@@ -594,6 +663,18 @@ def build_parser() -> argparse.ArgumentParser:
     onboard.add_argument("--wait", action="store_true", help="block until the backfills are done and print a summary")
     onboard.add_argument("--timeout", type=float, default=1800, help="seconds --wait waits at most (default 1800)")
     onboard.set_defaults(handler=cmd_onboard)
+
+    batch = commands.add_parser(
+        "batches", parents=[common],
+        help="list a customer's batches with their state (ok, quarantined, dropped, unmeasured); drop or release one",
+    )  # fmt: skip
+    batch.add_argument("customer")
+    batch.add_argument("--drop", metavar="ID", help="delete the batch's rows, predictions, drift statistics and metrics")
+    batch.add_argument(
+        "--release", metavar="ID", help="mark a quarantined batch ok again once its rows pass the checks, and measure it"
+    )
+    batch.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    batch.set_defaults(handler=cmd_batches)
 
     offboard = commands.add_parser(
         "offboard", parents=[common], help="stop all automation for a customer; its data, models and ledger are kept"

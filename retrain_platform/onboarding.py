@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from retrain_platform import customers as customer_store
+from retrain_platform import quality
 from retrain_platform.drift import PREDICTION
 from retrain_platform.ingest import (
     BATCH_COLUMN,
@@ -150,6 +152,8 @@ def prepare(frame: pd.DataFrame, request: OnboardingRequest) -> PreparedHistory:
         history = conform(frame, spec)
     except (SpecError, IngestError) as error:
         raise OnboardingError(str(error)) from None
+    _refuse_infinite(history, spec)
+    _refuse_future(history, spec, pd.Timestamp(utc_now()))
     labelled = int(history[spec.label_column].notna().sum())
     if labelled < spec.min_training_rows:
         raise OnboardingError(
@@ -201,6 +205,31 @@ def _refuse_platform_names(names: list[str]) -> None:
                 f"column {name!r} collides with the platform's own column {own!r} ({platform[own]}): "
                 "rename it in the file"
             )
+
+
+def _refuse_infinite(history: pd.DataFrame, spec: CustomerSpec) -> None:
+    """An infinity is a number to pandas, but no scaler or model takes one: the first training would fail."""
+    numeric = spec.numeric_features + ([spec.label_column] if spec.task == "regression" else [])
+    for name in numeric:
+        values = pd.to_numeric(history[name], errors="coerce")
+        infinite = values.isin([np.inf, -np.inf])
+        if infinite.any():
+            raise OnboardingError(
+                f"column {name!r}: {int(infinite.sum()):,} value(s) are infinite (rule: {quality.FINITE_RULE}), "
+                f"e.g. {float(values[infinite].iloc[0])}: correct or remove those rows"
+            )
+
+
+def _refuse_future(history: pd.DataFrame, spec: CustomerSpec, now: pd.Timestamp) -> None:
+    """A row dated after now would end every training window in the future and fail the training's checks."""
+    timestamps = history[spec.timestamp_column]
+    future = timestamps > now
+    if future.any():
+        raise OnboardingError(
+            f"column {spec.timestamp_column!r}: {int(future.sum()):,} timestamp(s) are in the future (rule: "
+            f"{quality.NOT_IN_FUTURE_RULE}), e.g. {timestamps[future].iloc[0]} after {now:%Y-%m-%d %H:%M} UTC: "
+            "correct or remove those rows"
+        )
 
 
 def _refuse_uninformative(frame: pd.DataFrame, names: list[str]) -> None:

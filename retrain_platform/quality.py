@@ -49,6 +49,10 @@ CATEGORY_MOSTLY = 0.99
 # Any finite float lies within these bounds, so only +inf / -inf fall outside.
 _FINITE_BOUND = float(np.finfo(np.float64).max)
 
+# The rules in a person's words, where the expectation's name does not say it.
+FINITE_RULE = "values must be finite"
+NOT_IN_FUTURE_RULE = "timestamps must not be in the future"
+
 _DATA_SOURCE_NAME = "retrain_platform_quality"
 _RESULT_FORMAT = "BASIC"
 _EXAMPLES_SHOWN = 5
@@ -66,6 +70,8 @@ class Failure:
     column: str | None
     rule: str
     message: str
+    # What the rule asks, in a person's words ("values must be finite").
+    requirement: str = ""
 
 
 @dataclass
@@ -80,8 +86,9 @@ class QualityResult:
         """One line for an asset check description: the first failing columns and their rules."""
         if self.success:
             return f"all {self.evaluated} expectations passed"
-        shown = ", ".join(
-            f"{failure.column or 'table'} ({failure.rule})" for failure in self.failures[:_SUMMARY_FAILURES_SHOWN]
+        shown = "; ".join(
+            f"{failure.column or 'table'} ({failure.rule})" + (f" {failure.requirement}" if failure.requirement else "")
+            for failure in self.failures[:_SUMMARY_FAILURES_SHOWN]
         )
         more = len(self.failures) - _SUMMARY_FAILURES_SHOWN
         suffix = f" and {more} more" if more > 0 else ""
@@ -139,6 +146,14 @@ def training_data_suite(
     expectations += [
         gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=list(NUMERIC_TYPE_NAMES))
         for column in numeric_columns
+    ]
+    # An infinity passes the type rule but no scaler or model takes it: one such row fails a whole training.
+    # A declared range with both bounds already refuses one.
+    bounded = {column for column, (low, high) in numeric_ranges.items() if low is not None and high is not None}
+    expectations += [
+        gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-_FINITE_BOUND, max_value=_FINITE_BOUND)
+        for column in numeric_columns
+        if column not in bounded
     ]
     if labels_required:
         expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=spec.label_column))
@@ -309,7 +324,12 @@ def _failure(result: ExpectationValidationResult) -> Failure:
     expected = _expected(config.type, config.kwargs)
     observed = _observed(result, config.type, config.kwargs)
     where = f"column {column!r}" if column is not None else "table"
-    return Failure(column=column, rule=config.type, message=f"{where}: {config.type} failed ({expected}): {observed}")
+    return Failure(
+        column=column,
+        rule=config.type,
+        message=f"{where}: {config.type} failed ({expected}): {observed}",
+        requirement=expected,
+    )
 
 
 def _expected(rule: str, kwargs: dict) -> str:
@@ -328,7 +348,9 @@ def _expected(rule: str, kwargs: dict) -> str:
     if rule == "expect_column_values_to_be_between":
         low, high = kwargs.get("min_value"), kwargs.get("max_value")
         if low == -_FINITE_BOUND and high == _FINITE_BOUND:
-            return "values must be finite"
+            return FINITE_RULE
+        if low is None and _is_moment(high):
+            return f"{NOT_IN_FUTURE_RULE} (at most {high})"
         return f"values must be {_bounds(kwargs)}"
     return f"expected {kwargs}"
 
@@ -359,6 +381,13 @@ def _observed(result: ExpectationValidationResult, rule: str, kwargs: dict) -> s
     return "failed"
 
 
+def _is_moment(value: Any) -> bool:
+    # GX may hand the bound back as the timestamp it was given or as its ISO text.
+    if isinstance(value, (pd.Timestamp, np.datetime64)) or hasattr(value, "isoformat"):
+        return True
+    return isinstance(value, str) and not pd.isna(pd.to_datetime(value, errors="coerce"))
+
+
 def _bounds(kwargs: dict) -> str:
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     if low is not None and high is not None:
@@ -385,6 +414,8 @@ def _preview(values: list) -> str:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return str(value)
     return value.item() if isinstance(value, np.generic) else value
 
 

@@ -8,6 +8,7 @@ resource replays history at simulated times.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,6 +19,7 @@ import dagster as dg
 import pandas as pd
 
 from retrain_platform import alerts, ledger, onboarding
+from retrain_platform import batches as batch_states
 from retrain_platform import customers as customer_store
 from retrain_platform.defs.automation import (
     AUTO_ROLLBACK_SENSOR,
@@ -107,10 +109,33 @@ class Firing:
 def _outcome(result: dg.ExecuteInProcessResult, partition: str | None, started: float) -> RunOutcome:
     failure = None
     if not result.success:
-        failed = [event for event in result.all_events if event.is_step_failure or event.is_failure]
-        messages = [event.message for event in failed if event.message]
-        failure = messages[0].splitlines()[0] if messages else "the run failed"
+        failure = _failed_check(result)
+        if failure is None:
+            failed = [event for event in result.all_events if event.is_step_failure or event.is_failure]
+            messages = [_step_error(event) or event.message for event in failed if event.message]
+            failure = messages[0].splitlines()[0] if messages else "the run failed"
     return RunOutcome(result.run_id, result.job_def.name, partition, result.success, time.perf_counter() - started, failure)
+
+
+def _failed_check(result: dg.ExecuteInProcessResult) -> str | None:
+    """The first blocking check that failed, named with its description (the column and rule), or None. A
+    blocking check stops the run, so its step failure says only that a check failed."""
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            asset = evaluation.asset_key.to_user_string()
+            return f"check {evaluation.check_name} on {asset} failed: {evaluation.description or 'see the run in the UI'}"
+    return None
+
+
+def _step_error(event) -> str | None:
+    """A failed step's own error (`ValueError: Input X contains infinity`) rather than Dagster's wrapper line."""
+    if not event.is_step_failure or event.step_failure_data.error is None:
+        return None
+    error = event.step_failure_data.error
+    while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"):
+        error = error.cause
+    message = (error.message or "").strip()
+    return f"step {event.step_key}: {message}" if message else None
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -250,13 +275,59 @@ class Runner:
                 run = self.run_job(MONITOR_JOB, key, self.monitor_config, clock=clock, tags=tags)
                 outcome.monitored.append(run)
                 if not run.success:
-                    raise RunFailed(
-                        f"monitoring failed for batch {key} (run {run.run_id}): {run.failure}; the batch is kept"
-                    )
+                    raise RunFailed(self._monitoring_failure(spec, summary.batch_id, key, run))
             for key in relabelled:
                 run = self.run_job(REMEASURE_JOB, key, self.monitor_config, clock=clock, tags=tags)
                 outcome.remeasured.append(run)
         return outcome
+
+    def _monitoring_failure(self, spec: CustomerSpec, batch_id: str, key: str, run: RunOutcome) -> str:
+        state = batch_states.state_of(self.warehouse, spec.customer, batch_id)
+        if state is None or state["state"] != batch_states.BatchState.QUARANTINED:
+            return f"monitoring failed for batch {key} (run {run.run_id}): {run.failure}; the batch is kept"
+        return (
+            f"batch {batch_id} of {spec.customer} quarantined: {state['detail']}; training, drift and metrics leave it "
+            f"out: correct it with `retrain-platform ingest {spec.customer} --source FILE --batch {batch_id} --replace`, "
+            f"or drop it with `retrain-platform batches {spec.customer} --drop {batch_id}`"
+        )
+
+    # ------------------------------------------------------------------------------------------- batches
+
+    def drop_batch(self, spec: CustomerSpec, batch_id: str, by: str) -> batch_states.BatchRecord:
+        """Delete a batch's rows, predictions, drift statistics and metrics, and its partition; alert."""
+        from retrain_platform.ingest import ingest_lock
+
+        with ingest_lock(Home.from_env().root, spec.customer):
+            record = batch_states.drop(self.warehouse, spec, batch_id, self.now(), by)
+        key = batch_partition_key(spec.customer, batch_id)
+        if self.instance.has_dynamic_partition(batches.name, key):
+            self.instance.delete_dynamic_partition(batches.name, key)
+        message = f"batch {batch_id} dropped by {by}: {record.rows:,} row(s) and what was measured on them deleted"
+        self._batch_alert(record, batch_states.BATCH_DROPPED, message)
+        return record
+
+    def release_batch(
+        self, spec: CustomerSpec, batch_id: str, by: str, clock: Clock | None = None
+    ) -> tuple[batch_states.BatchRecord, RunOutcome | None]:
+        """Mark a quarantined batch ok once its rows pass the checks, then score and measure it (it never was);
+        alert. The run is None when the batch has no partition to run (an offboarded customer)."""
+        from retrain_platform.ingest import ingest_lock
+
+        key = batch_partition_key(spec.customer, batch_id)
+        with ingest_lock(Home.from_env().root, spec.customer):
+            record = batch_states.release(self.warehouse, spec, batch_id, self.now(clock), by)
+            message = f"batch {batch_id} released by {by}: its rows pass the checks and count again"
+            self._batch_alert(record, batch_states.BATCH_RELEASED, message)
+            run = None
+            if self.instance.has_dynamic_partition(batches.name, key):
+                run = self.run_job(MONITOR_JOB, key, self.monitor_config, clock=clock, tags={CUSTOMER_TAG: spec.customer})
+        return record, run
+
+    def _batch_alert(self, record: batch_states.BatchRecord, kind: str, message: str) -> None:
+        # The command prints its own line; the alert still reaches the table and the webhook.
+        quiet = logging.getLogger("retrain_platform.runner.alerts")
+        quiet.propagate = False
+        self.alerts.send(self.warehouse, alerts.Alert(record.recorded_at, record.customer, kind, message), log=quiet)
 
     def tick(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrain_platform import customers, ledger, onboarding
+from retrain_platform import batches, customers, ledger, onboarding
 from retrain_platform.registry import CHAMPION, ModelRegistry
 from retrain_platform.warehouse import Warehouse
 
@@ -53,7 +53,13 @@ def holdout_metrics(registry: ModelRegistry, model_name: str, version: str, metr
     return tuple(float(value) if value is not None else None for value in values)
 
 
-def format_table(rows: list[dict]) -> str:
+def quarantined_batches(warehouse: Warehouse) -> dict[str, int]:
+    """Per customer with any, how many of its batches are quarantined (left out of training, drift and metrics)."""
+    return batches.quarantined_counts(warehouse)
+
+
+def format_table(rows: list[dict], quarantined: dict[str, int] | None = None) -> str:
+    """The status table; `quarantined` adds a line per customer with quarantined batches under it."""
     if not rows:
         return "no customers yet: run `retrain-platform demo` or onboard one"
     header = list(STATUS_KEYS)
@@ -62,6 +68,11 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
+    for customer, count in sorted((quarantined or {}).items()):
+        lines.append(
+            f"{customer}: {count} quarantined batch(es), left out of training, drift and metrics: "
+            f"see `retrain-platform batches {customer}`"
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from retrain_platform import batches as batch_states
 from retrain_platform import customers as customer_store
 from retrain_platform import drift, monitoring, quality
 from retrain_platform.defs.partitions import batches, customers
@@ -28,6 +29,8 @@ from retrain_platform.warehouse import quote
 
 BASELINE_ARTIFACT = "drift_baseline.json"
 INFERENCE_BATCH_QUALITY = "inference_batch_quality"
+# Who quarantines a batch, or clears it, in `batch_states` when no person does.
+QUARANTINED_BY = f"check {INFERENCE_BATCH_QUALITY}"
 
 # A batch materialized on its own (from the UI, a backfill) is scored and measured by the automation sensor,
 # unless its blocking quality check failed: Dagster's declarative automation does not look at checks itself.
@@ -166,44 +169,76 @@ def _range_metadata(described: list[dict]) -> dict[str, Any]:
 def inference_batch_quality(
     context: dg.AssetCheckExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
 ) -> dg.AssetCheckResult:
-    """The training suite without the label rule: schema and types, categories and ranges, unique ids,
-    timestamps that parse and are not in the future. A failing batch is kept but never scored."""
+    """The training suite without the label rule: schema and types, finite numbers, categories and ranges,
+    unique ids, timestamps that parse and are not in the future. A failing batch is quarantined: its rows are
+    kept but never scored, and training, drift and metrics leave them out until it is corrected, released or
+    dropped (`retrain-platform batches`)."""
     db = warehouse.get_warehouse()
     keys = context.partition_keys
+    now = utc_now()
     if len(keys) == 1:
         customer, batch_id = split_batch_partition_key(keys[0])
         spec = customer_store.load_spec(db, customer)
         rows = db.query(f"select * from {quote(spec.landing_table)} where {quote(BATCH_COLUMN)} = ?", [batch_id])
-        return blocking_check_result(quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False))
+        result = quality.validate_customer_rows(rows, spec, now=now, labels_required=False)
+        if not result.success:
+            return _failed_batch(db, customer, [(batch_id, result)], now)
+        batch_states.clear_quarantine(db, customer, [batch_id], now, QUARANTINED_BY)
+        return blocking_check_result(result)
     # A backfill's batches are checked in one validation per customer (ids unique across them, too); only
-    # when one fails are they checked one by one, to name the first failing batch.
+    # when that fails are they checked one by one, to quarantine each failing batch.
     by_customer: dict[str, list[str]] = {}
     for key in keys:
         customer, batch_id = split_batch_partition_key(key)
         by_customer.setdefault(customer, []).append(batch_id)
+    failed: list[dg.AssetCheckResult] = []
     for customer, batch_ids in by_customer.items():
         spec = customer_store.load_spec(db, customer)
         marks = ", ".join("?" for _ in batch_ids)
         batch = quote(BATCH_COLUMN)
         rows = db.query(f"select * from {quote(spec.landing_table)} where {batch} in ({marks})", batch_ids)
-        together = quality.validate_customer_rows(rows, spec, now=utc_now(), labels_required=False)
+        together = quality.validate_customer_rows(rows, spec, now=now, labels_required=False)
         if together.success:
+            batch_states.clear_quarantine(db, customer, batch_ids, now, QUARANTINED_BY)
             continue
-        for batch_id, batch in rows.groupby(BATCH_COLUMN, sort=True):
-            result = quality.validate_customer_rows(batch, spec, now=utc_now(), labels_required=False)
+        failing = []
+        for batch_id, batch_rows in rows.groupby(BATCH_COLUMN, sort=True):
+            result = quality.validate_customer_rows(batch_rows, spec, now=now, labels_required=False)
             if not result.success:
-                return _failed_batch(batch_partition_key(customer, batch_id), result)
-        return _failed_batch(f"{customer} ({len(batch_ids)} batches together)", together)
+                failing.append((str(batch_id), result))
+        if failing:
+            failed.append(_failed_batch(db, customer, failing, now))
+        else:
+            # Only the batches together break a rule (an id in two of them): no single batch to quarantine.
+            failed.append(_failed_check(f"batches of {customer} ({len(batch_ids)} together)", together))
+    if failed:
+        return failed[0]
     return dg.AssetCheckResult(
         passed=True, severity=dg.AssetCheckSeverity.ERROR, description=f"{len(keys)} batches pass the suite"
     )
 
 
-def _failed_batch(where: str, result: quality.QualityResult) -> dg.AssetCheckResult:
+def _failed_batch(db, customer: str, failing: list[tuple[str, quality.QualityResult]], now) -> dg.AssetCheckResult:
+    """Quarantine each failing batch; the check's description names the first one's column and rule."""
+    records = [batch_states.quarantine(db, customer, batch_id, result, now, QUARANTINED_BY) for batch_id, result in failing]
+    first_id, first = failing[0]
+    more = f" with {len(failing) - 1} more of {customer}'s batches" if len(failing) > 1 else ""
+    suffix = f"; quarantined{more}: see `retrain-platform batches {customer}`"
+    described = _failed_check(batch_partition_key(customer, first_id), first, suffix=suffix)
+    described.metadata["quarantined_batches"] = dg.MetadataValue.text(", ".join(r.batch_id for r in records))
+    return described
+
+
+def _failed_check(where: str, result: quality.QualityResult, suffix: str = "") -> dg.AssetCheckResult:
+    if result.failures:
+        more = len(result.failures) - 1
+        problem = result.failures[0].message + (f" (and {more} more failed expectation(s))" if more else "")
+    else:
+        problem = result.summary()
     return dg.AssetCheckResult(
         passed=False,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"batch {where}: {result.summary()}",
+        description=f"batch {where}: {problem}{suffix}",
         metadata=result.to_metadata(),
     )
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pydantic
 
+from retrain_platform import batches as batch_states
 from retrain_platform import customers as customer_store
 from retrain_platform import ledger, performance, quality
 from retrain_platform.defs.partitions import customers
@@ -158,7 +159,8 @@ def training_dataset(context: dg.AssetExecutionContext, warehouse: dg.ResourcePa
     customer = context.partition_key
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
-    landing = customer_store.load_landing(db, spec)
+    # Quarantined batches stay in the landing table for a person to correct, release or drop; never in training.
+    landing = batch_states.usable_rows(db, spec)
     snapshot = _snapshot_window(landing, spec)
 
     table = snapshot_table(customer)
