@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from retrain_platform import ledger, monitoring
+from retrain_platform import batches, ledger, monitoring
 from retrain_platform.evaluation import GREATER_IS_BETTER, comparable_value, improvement
-from retrain_platform.ingest import HISTORY_BATCH, HISTORY_PREFIX
+from retrain_platform.ingest import BATCH_COLUMN, HISTORY_BATCH, HISTORY_PREFIX
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.warehouse import Warehouse, quote
 
@@ -524,8 +524,14 @@ def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: 
     else:
         unseen = f"l.{timestamp} > (select max(s.{timestamp}) from {snapshot} s where s.customer = ?)"
         params = [window_start.to_pydatetime(), spec.customer]
+    # A quarantined batch's labels are not new rows a training would see: it leaves them out.
+    quarantined = batches.quarantined_batches(warehouse, spec.customer)
+    kept = ""
+    if quarantined:
+        kept = f" and (l.{quote(BATCH_COLUMN)} is null or l.{quote(BATCH_COLUMN)} not in ({', '.join('?' for _ in quarantined)}))"
+        params += quarantined
     frame = warehouse.query(
-        f"select count(*) as n from {landing} l where l.{label} is not null and l.{timestamp} >= ? and {unseen}",
+        f"select count(*) as n from {landing} l where l.{label} is not null and l.{timestamp} >= ? and {unseen}{kept}",
         params,
     )
     return int(frame["n"].iloc[0])
