@@ -177,6 +177,7 @@ DEMO_WEEKS = 1
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_trains_every_demo_customer_and_status_shows_the_champions(tmp_path):
     home = tmp_path / "demo-home"
     completed = cli(

@@ -109,6 +109,7 @@ def wait_for_webserver(port: int, processes: list[subprocess.Popen], logs: list[
     pytest.fail(f"the webserver did not answer within {STARTUP_SECONDS} s:\n{logs[0].read_text()[-3000:]}")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_runs_launched_at_once_through_graphql_all_succeed_one_at_a_time(tmp_path):
     home, names = prepare_home(tmp_path / "home", CUSTOMER_COUNT)

@@ -29,6 +29,8 @@ def wait_until(predicate, timeout_seconds: float = 120.0) -> None:
         time.sleep(1)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_two_commands_share_one_daemon_and_the_last_one_out_stops_it(home):
     first = SharedDaemon(home).__enter__()
     pid = int(first.pid_path.read_text())
@@ -61,6 +63,8 @@ def test_a_daemon_the_user_runs_is_used_and_left_alone(home):
         assert set(instance.get_daemon_heartbeats()) == set(DAEMONS)
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_daemon_that_dies_while_commands_wait_is_reported(home):
     daemon = SharedDaemon(home).__enter__()
     pid = int(daemon.pid_path.read_text())

@@ -34,6 +34,8 @@ from retrain_platform_tests.test_cli import assert_one_line_error
 ROWS = 1_500
 WAIT_SECONDS = 480
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 
 def cli(*args: str, home: Path, cwd: Path, background: bool = False):
     env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_ENV": "local", "MLFLOW_DISABLE_TELEMETRY": "true"}

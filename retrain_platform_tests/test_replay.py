@@ -132,6 +132,7 @@ def _query(database: Path, sql: str, params=()) -> pd.DataFrame:
         return connection.execute(sql, list(params)).df()
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_replay_of_two_policies_matches_each_policys_ledger_and_predictions(tmp_path):
     """Seattle's 2012 trains the first model; four monthly batches of 2013 follow, under `never` and `always`."""
