@@ -138,12 +138,27 @@ def _step_error(event) -> str | None:
     return f"step {event.step_key}: {message}" if message else None
 
 
+INTERRUPTIONS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
+def _caused_by_an_interruption(error) -> bool:
+    while error is not None:
+        if error.cls_name in INTERRUPTIONS:
+            return True
+        error = error.cause or error.context
+    return False
+
+
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
-    """Whether the run ended because this process was interrupted (Ctrl-C, or a signal `interrupts` maps)."""
+    """Whether the run ended because this process was interrupted (Ctrl-C, or a signal `interrupts` maps).
+
+    A step with a retry policy turns its interruption into a retry (Dagster's choice), so the run's last
+    failure may be "Exceeded max_retries"; the interruption is then the cause of the retry."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error is not None:
-            if event.step_failure_data.error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
-                return True
+        if event.is_step_failure and _caused_by_an_interruption(event.step_failure_data.error):
+            return True
+        if event.is_step_up_for_retry and _caused_by_an_interruption(event.event_specific_data.error):
+            return True
         reason = getattr(event.event_specific_data, "failure_reason", None) if event.is_failure else None
         if getattr(reason, "value", None) == "UNEXPECTED_TERMINATION":
             return True
