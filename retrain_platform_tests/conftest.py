@@ -1,22 +1,30 @@
 """Shared fixtures: a real platform home under tmp_path (DuckDB warehouse, sqlite MLflow registry), a
-temporary Dagster instance, demo customers loaded into the warehouse, and real training runs.
+temporary Dagster instance, demo customers loaded into the warehouse, and real training runs; and the one
+helper that runs the command line as a user does (`cli`, with `assert_one_line_error` for its errors).
 
 Function-scoped fixtures (`home`, `resources`, `warehouse`, `registry`, `instance`, `platform`,
-`load_customer`, `train`) give every test its own state. For state that is expensive to build and
-shared by the tests of one module (a customer trained once), use `open_platform`, which works at any
-scope::
+`load_customer`, `train`) give every test its own state. A demo customer trained by one small run is built
+once per session by `trained_customer` (once per xdist worker) and never opened by a test: a test, or a
+module, works on a copy of its own, which it may change::
 
     @pytest.fixture(scope="module")
-    def trained(open_platform, tmp_path_factory):
-        with open_platform(tmp_path_factory.mktemp("trained")) as platform:
-            platform.load_customer("lumen-streaming")
-            yield platform, platform.train("lumen-streaming")
+    def trained(trained_customer, copy_platform, tmp_path_factory):
+        lumen = trained_customer("lumen-streaming")  # .spec, and .result: the training run
+        with copy_platform(lumen, tmp_path_factory.mktemp("trained")) as platform:
+            yield platform, lumen
+
+For other expensive state shared by the tests of one module, `open_platform` opens a fresh platform at any
+scope.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
 
 # Before anything imports MLflow or great-expectations: no telemetry, no usage statistics.
@@ -29,9 +37,16 @@ _DEFAULT_HOME = tempfile.mkdtemp(prefix="retrain-tests-default-home-")
 os.environ["RETRAIN_HOME"] = _DEFAULT_HOME
 os.environ["RETRAIN_ENV"] = "local"
 os.environ.pop("RETRAIN_ALERT_WEBHOOK_URL", None)  # alerts stay in the warehouse: no test posts anywhere
+# Under pytest-xdist the workers already use every core: one BLAS/OpenMP thread per process (the CLI
+# subprocesses inherit it). More threads only spin while they wait, burning the CPU the other worker needs
+# (about a tenth of the fast lane's CPU time on two cores).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, "1")
 
+from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from contextlib import closing, contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -134,6 +149,61 @@ class Platform:
         return self.run_job("train_customer", customer, {"ops": ops})
 
 
+# ---------------------------------------------------------------------------------------------------
+# The command line, as a user runs it
+
+# A Python warning on stderr is two lines: "path:line: SomeWarning: message" and the indented source line.
+_WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")
+
+
+def cli(
+    *args: str, home: Path, cwd: Path, timeout: float = 180, env: dict[str, str] | None = None, background: bool = False
+) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run `python -m retrain_platform.cli ARGS` in a subprocess with RETRAIN_HOME=home, the way a user would
+    (the CLI derives DAGSTER_HOME from the home). `env` adds variables; `background=True` returns the running
+    process (stdout and stderr piped) instead of waiting for it."""
+    environment = {
+        **os.environ,
+        "RETRAIN_HOME": str(home),
+        "RETRAIN_ENV": "local",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GX_ANALYTICS_ENABLED": "false",
+        **(env or {}),
+    }
+    environment.pop("DAGSTER_HOME", None)  # a test's temporary instance sets it in this process
+    command = [sys.executable, "-m", "retrain_platform.cli", *args]
+    if background:
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cwd
+        )
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without Python warnings (which libraries emit on import): what the CLI itself said."""
+    lines, skip_source_line = [], False
+    for line in stderr.splitlines():
+        if skip_source_line and line.startswith(" "):
+            skip_source_line = False
+            continue
+        skip_source_line = bool(_WARNING_LINE.match(line))
+        if not skip_source_line and line.strip():
+            lines.append(line)
+    return lines
+
+
+def assert_one_line_error(completed: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The command failed with one `error: ` line on stderr (warnings aside) holding every fragment."""
+    assert completed.returncode != 0
+    assert "Traceback" not in completed.stderr
+    lines = error_lines(completed.stderr)
+    assert len(lines) == 1, f"expected one error line, got: {lines}"
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_default_home() -> Iterator[None]:
     yield
@@ -146,15 +216,53 @@ def demo_data() -> dict[str, DemoCustomer]:
     return {c.customer: c for c in demo_customers(seed=0, history_rows=TEST_HISTORY_ROWS, batch_rows=TEST_BATCH_ROWS)}
 
 
+def _move_mlflow_paths(database: Path, old: str, new: str) -> None:
+    """MLflow keeps absolute artifact locations (experiments, runs, logged models, model versions): point a
+    copy's at its own artifacts, so what it loads or logs never touches the template it was copied from."""
+    with closing(sqlite3.connect(database)) as connection, connection:
+        tables = [name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")]
+        for table in tables:
+            for column in [row[1] for row in connection.execute(f'pragma table_info("{table}")')]:
+                connection.execute(
+                    f'update "{table}" set "{column}" = replace("{column}", ?, ?) '
+                    f'where typeof("{column}") = \'text\' and instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
+
+
 @pytest.fixture(scope="session")
-def open_platform(demo_data) -> Callable[[Path], contextmanager]:
-    """`with open_platform(folder) as platform:` a fresh platform under `folder`, usable at any scope."""
+def blank_platform(tmp_path_factory) -> Path:
+    """An empty platform folder, built once per session: a home whose MLflow database has its tables, and a
+    Dagster instance folder whose storage is set up. Fresh homes and instances are copies of it: creating
+    MLflow's tables takes about two seconds, a Dagster instance's storage about one."""
+    root = tmp_path_factory.mktemp("blank-platform")
+    home = Home(root / "home").ensure()
+    local_resources(home)["registry"].get_registry().client.search_registered_models()
+    (root / "dagster-instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster-instance")) as instance:
+        instance.get_runs()
+    return root
+
+
+def _fresh(blank: Path, root: Path, part: str) -> Path:
+    """`root/part` ("home" or "dagster-instance") copied from the blank platform, unless it exists."""
+    target = Path(root) / part
+    if not target.exists():
+        shutil.copytree(blank / part, target)
+        if part == "home":
+            _move_mlflow_paths(Home(target).mlflow_db, str(blank / part), str(target))
+    return target
+
+
+@pytest.fixture(scope="session")
+def open_platform(demo_data, blank_platform) -> Callable[[Path], contextmanager]:
+    """`with open_platform(folder) as platform:` a fresh platform under `folder` (or the platform already
+    there), usable at any scope."""
 
     @contextmanager
     def open_(root: Path) -> Iterator[Platform]:
-        home = Home(Path(root) / "home").ensure()
-        instance_dir = Path(root) / "dagster-instance"
-        instance_dir.mkdir(parents=True, exist_ok=True)
+        home = Home(_fresh(blank_platform, root, "home")).ensure()
+        instance_dir = _fresh(blank_platform, root, "dagster-instance")
         resources = local_resources(home)
         with dg.instance_for_test(temp_dir=str(instance_dir)) as instance:
             yield Platform(home, resources, instance, demo_data, project_definitions(resources))
@@ -162,9 +270,53 @@ def open_platform(demo_data) -> Callable[[Path], contextmanager]:
     return open_
 
 
+@dataclass(frozen=True)
+class TrainedCustomer:
+    """A platform folder where one demo customer was loaded and trained by one small run (`Platform.train`),
+    the customer's spec and that run's result. The folder is a template: tests open copies of it."""
+
+    root: Path
+    spec: CustomerSpec
+    result: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="session")
+def trained_customer(open_platform, tmp_path_factory) -> Callable[[str], TrainedCustomer]:
+    """`trained_customer("lumen-streaming")`: that demo customer trained, built at most once per session (per
+    xdist worker) however many modules ask for it. Open it with `copy_platform`, never in place."""
+    built: dict[str, TrainedCustomer] = {}
+
+    def build(name: str) -> TrainedCustomer:
+        if name not in built:
+            root = tmp_path_factory.mktemp(f"trained-{name}")
+            with open_platform(root) as platform:
+                spec = platform.load_customer(name)
+                result = platform.train(name)
+                assert result.success, f"training {name} for the session failed"
+            built[name] = TrainedCustomer(root, spec, result)
+        return built[name]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def copy_platform(open_platform) -> Callable[[TrainedCustomer, Path], contextmanager]:
+    """`with copy_platform(trained, folder) as platform:` a platform of one's own under `folder` (new or empty),
+    copied from a trained template; usable at any scope."""
+
+    @contextmanager
+    def copy_(trained: TrainedCustomer, root: Path) -> Iterator[Platform]:
+        shutil.copytree(trained.root, root, dirs_exist_ok=True)
+        _move_mlflow_paths(Home(Path(root) / "home").mlflow_db, str(trained.root / "home"), str(Path(root) / "home"))
+        with open_platform(root) as platform:
+            yield platform
+
+    return copy_
+
+
 @pytest.fixture
-def home(tmp_path) -> Home:
-    return Home(tmp_path / "home").ensure()
+def home(tmp_path, blank_platform) -> Home:
+    return Home(_fresh(blank_platform, tmp_path, "home")).ensure()
 
 
 @pytest.fixture
@@ -183,9 +335,8 @@ def registry(resources) -> ModelRegistry:
 
 
 @pytest.fixture
-def instance(tmp_path) -> Iterator[dg.DagsterInstance]:
-    folder = tmp_path / "dagster-instance"
-    folder.mkdir()
+def instance(tmp_path, blank_platform) -> Iterator[dg.DagsterInstance]:
+    folder = _fresh(blank_platform, tmp_path, "dagster-instance")
     with dg.instance_for_test(temp_dir=str(folder)) as instance:
         yield instance
 
@@ -205,3 +356,54 @@ def load_customer(platform) -> Callable[..., CustomerSpec]:
 def train(platform) -> Callable[..., dg.ExecuteInProcessResult]:
     """`train("lumen-streaming")`: one real, small training run; returns the (possibly failed) result."""
     return platform.train
+
+
+# Session-scoped fixtures whose state is expensive and shared by tests of several modules; tests that use one
+# run on the same xdist worker, so it is built once in the run rather than once per worker.
+SHARED_SESSION_STATE = {"trained_customer"}
+
+
+def _shared_state(item: pytest.Item) -> set[tuple[str, str]]:
+    """What the test shares with others: the module- (class-, package-) scoped fixtures it uses, by where their
+    one instance lives, and the fixtures of SHARED_SESSION_STATE."""
+    module = item.nodeid.split("::")[0]
+    shared = set()
+    # pytest has no public API for a test's fixture definitions; plugins read `_fixtureinfo`.
+    for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+        scope = definitions[-1].scope
+        if scope in ("module", "class", "package"):
+            shared.add((module if scope != "class" else item.nodeid.rsplit("::", 1)[0], name))
+        elif scope == "session" and name in SHARED_SESSION_STATE:
+            shared.add(("session", name))
+    return shared
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (setup.cfg: --dist loadgroup)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share state built once (a module fixture, a trained customer) form one xdist group, which one
+    worker runs; every other test is handed out on its own. The units with the most slow tests go first, so
+    the long ones start at once and the many quick tests even out the end (`--no-loadscope-reorder` keeps
+    this order)."""
+    unit = {item.nodeid: item.nodeid for item in items}  # union-find over tests that share state
+
+    def root(nodeid: str) -> str:
+        while unit[nodeid] != nodeid:
+            unit[nodeid] = unit[unit[nodeid]]
+            nodeid = unit[nodeid]
+        return nodeid
+
+    first_user: dict[tuple[str, str], str] = {}
+    for item in items:
+        for state in _shared_state(item):
+            other = first_user.setdefault(state, item.nodeid)
+            unit[root(item.nodeid)] = root(other)
+
+    members = Counter(root(item.nodeid) for item in items)
+    modules: dict[str, set[str]] = {}
+    for item in items:
+        modules.setdefault(root(item.nodeid), set()).add(Path(item.nodeid.split("::")[0]).stem)
+    for item in items:
+        if members[root(item.nodeid)] > 1:
+            item.add_marker(pytest.mark.xdist_group("+".join(sorted(modules[root(item.nodeid)]))))
+    slow = Counter(root(item.nodeid) for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[root(item.nodeid)])

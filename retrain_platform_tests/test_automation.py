@@ -14,9 +14,6 @@ A second customer, northwind-lending, is in approve mode.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -46,6 +43,7 @@ from retrain_platform.ingest import batch_partition_key, ingest
 from retrain_platform.registry import CHAMPION, PREVIOUS_CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG
 from retrain_platform.warehouse import quote
+from retrain_platform_tests.conftest import cli
 
 CUSTOMER = "lumen-streaming"
 APPROVER = "northwind-lending"
@@ -391,7 +389,7 @@ def test_the_rollback_is_decided_once(rollback_story):
 
 @pytest.mark.slow
 def test_rollback_from_the_command_line_moves_the_champion_and_writes_the_ledger(platform, rollback_story, tmp_path):
-    completed = run_cli("rollback", CUSTOMER, "--reason", "v2 was fine after all", home=platform.home.root, cwd=tmp_path)
+    completed = cli("rollback", CUSTOMER, "--reason", "v2 was fine after all", home=platform.home.root, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == (
         f"{CUSTOMER}: champion rolled back 1 -> 2 (version 1 is now previous-champion); the ledger records it"
@@ -404,7 +402,7 @@ def test_rollback_from_the_command_line_moves_the_champion_and_writes_the_ledger
     assert (last["reasons"], last["trigger"]) == ("v2 was fine after all", "manual: cli")
     assert alerts_of(platform, CUSTOMER, alerts.ROLLBACK)["message"].iloc[-1].endswith("v2 was fine after all")
 
-    nothing_pending = run_cli("approve", CUSTOMER, home=platform.home.root, cwd=tmp_path)
+    nothing_pending = cli("approve", CUSTOMER, home=platform.home.root, cwd=tmp_path)
     assert nothing_pending.returncode == 1
     assert nothing_pending.stdout == ""
     assert f"error: {CUSTOMER} has no model awaiting approval" in nothing_pending.stderr.splitlines()
@@ -505,18 +503,6 @@ def test_a_failed_run_raises_an_alert(platform, approver):
     assert alert.dagster_run_id == failed.run_id
     assert alert.message.startswith(f"run {failed.run_id[:8]} of approve_model failed")
     assert alert.recorded_at == pd.Timestamp(T0 + timedelta(hours=4))
-
-
-# ---------------------------------------------------------------------------------------------------
-# The command line, as a user runs it
-
-
-def run_cli(*args: str, home, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_ENV": "local", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("DAGSTER_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "retrain_platform.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=180
-    )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from retrain_platform.demo_data import DEMO_CUSTOMER_NAMES
 from retrain_platform.status import customer_status
+from retrain_platform_tests.conftest import assert_one_line_error, cli
 
 # The documented shape of `status --json`: exactly these keys, in this order.
 STATUS_JSON_KEYS = [
@@ -26,62 +23,11 @@ STATUS_JSON_KEYS = [
     "onboarding",
 ]
 
-# A Python warning on stderr is two lines: "path:line: SomeWarning: message" and the indented source line.
-_WARNING_LINE = re.compile(r"^\S.*:\d+: \w*Warning: ")
-
-
-def cli(*args: str, home: Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python -m retrain_platform.cli ARGS` with RETRAIN_HOME=home, the way a user would."""
-    env = {
-        **os.environ,
-        "RETRAIN_HOME": str(home),
-        "RETRAIN_ENV": "local",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GX_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("DAGSTER_HOME", None)  # the CLI derives it from the home
-    return subprocess.run(
-        [sys.executable, "-m", "retrain_platform.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
-def error_lines(stderr: str) -> list[str]:
-    """stderr without Python warnings (which libraries emit on import): what the CLI itself said."""
-    lines, skip_source_line = [], False
-    for line in stderr.splitlines():
-        if skip_source_line and line.startswith(" "):
-            skip_source_line = False
-            continue
-        skip_source_line = bool(_WARNING_LINE.match(line))
-        if not skip_source_line and line.strip():
-            lines.append(line)
-    return lines
-
-
-def assert_one_line_error(completed: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert completed.returncode != 0
-    assert "Traceback" not in completed.stderr
-    lines = error_lines(completed.stderr)
-    assert len(lines) == 1, f"expected one error line, got: {lines}"
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
-def trained_home(open_platform, tmp_path_factory):
+def trained_home(trained_customer, copy_platform, tmp_path_factory):
     """A home where swiftcart-delivery is trained (in-process, small) and northwind-lending only onboarded."""
-    with open_platform(tmp_path_factory.mktemp("cli")) as platform:
-        platform.load_customer("swiftcart-delivery")
+    with copy_platform(trained_customer("swiftcart-delivery"), tmp_path_factory.mktemp("cli")) as platform:
         platform.load_customer("northwind-lending")
-        result = platform.train("swiftcart-delivery")
-        assert result.success
         yield platform
 
 
@@ -176,8 +122,8 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
 DEMO_WEEKS = 1
 
 
-@pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_demo_trains_every_demo_customer_and_status_shows_the_champions(tmp_path):
     home = tmp_path / "demo-home"
     completed = cli(
@@ -213,7 +159,7 @@ def test_demo_trains_every_demo_customer_and_status_shows_the_champions(tmp_path
 
 
 @pytest.mark.slow
-def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(open_platform, tmp_path):
+def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(trained_customer, copy_platform, tmp_path):
     """A set webhook used to crash `rollback` after the move (an unresolved EnvVar); a re-run then undid it."""
     import http.server
     import threading
@@ -232,17 +178,14 @@ def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(open_platform,
     server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with open_platform(tmp_path / "platform") as platform:
-            spec = platform.load_customer("swiftcart-delivery")
+        swiftcart = trained_customer("swiftcart-delivery")
+        with copy_platform(swiftcart, tmp_path / "platform") as platform:
             assert platform.train("swiftcart-delivery").success
-            assert platform.train("swiftcart-delivery").success
-            platform.registry.promote(spec.model_name, "2")
+            platform.registry.promote(swiftcart.spec.model_name, "2")
             env_home = platform.home.root
-        completed = subprocess.run(
-            [sys.executable, "-m", "retrain_platform.cli", "rollback", "swiftcart-delivery", "--reason", "bad week"],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-            env={**os.environ, "RETRAIN_HOME": str(env_home), "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "RETRAIN_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/hook"},
+        completed = cli(
+            "rollback", "swiftcart-delivery", "--reason", "bad week", home=env_home, cwd=tmp_path,
+            env={"RETRAIN_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_port}/hook"},
         )  # fmt: skip
     finally:
         server.shutdown()

@@ -1,10 +1,10 @@
 """The watch stage as real Dagster runs: the drift baseline kept with the model version, and batches checked,
 scored by the champion (and a shadow challenger) and measured for drift and performance.
 
-One binary customer (lumen-streaming, whose demo drift starts at batches[2]) is trained once for the module,
+One binary customer (lumen-streaming, whose demo drift starts at batches[2]) is trained once per session,
 drift_baseline included, on a DuckDB warehouse and a sqlite MLflow registry under tmp_path and a temporary
-Dagster instance. Each test monitors its own batch (its own ids and batch id), so tests share the trained
-model but not their rows.
+Dagster instance; this module works on a copy of it. Each test monitors its own batch (its own ids and batch
+id), so tests share the trained model but not their rows.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from retrain_platform.defs.monitoring import (
     BASELINE_ARTIFACT,
     INFERENCE_BATCH_QUALITY,
     batch_predictions,
-    drift_baseline,
     drift_report,
     inference_batch,
     inference_batch_quality,
 )
-from retrain_platform.defs.training import training_assets, training_checks
 from retrain_platform.demo_data import batch_window, generate_customer_frame
 from retrain_platform.ingest import BATCH_COLUMN, batch_partition_key, ingest
 from retrain_platform.modelling import build_preprocessor
@@ -39,7 +37,6 @@ from retrain_platform.warehouse import quote
 pytestmark = pytest.mark.slow
 
 CUSTOMER = "lumen-streaming"
-SEARCH = {"search_iterations": 2, "cv_splits": 2}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 MONITORING = [inference_batch, inference_batch_quality, batch_predictions, drift_report]
 PREDICTION = drift.PREDICTION
@@ -98,25 +95,6 @@ def fresh_batch(rows: int, first_id: int, week: int = 0, seed: int = 7) -> pd.Da
 # The platform, trained once
 
 
-def train_with_baseline(platform, customer: str):
-    """The train_customer job's assets (drift_baseline included) for one customer, small search."""
-    run_config = {
-        "ops": {
-            "candidate_models": {"config": {**SEARCH, "trigger": "test"}},
-            "deployed_model": {"config": {"trigger": "test"}},
-        },
-        **QUIET,
-    }
-    return dg.materialize(
-        [*training_assets, *training_checks, drift_baseline],
-        instance=platform.instance,
-        partition_key=customer,
-        resources=platform.resources,
-        run_config=run_config,
-        raise_on_error=False,
-    )
-
-
 def monitor(platform, batch_id: str, assets=MONITORING, chunk_rows: int | None = None):
     """Check, score and measure one batch (or re-run only some of those assets), as a real run."""
     key = batch_partition_key(CUSTOMER, batch_id)
@@ -132,12 +110,11 @@ def monitor(platform, batch_id: str, assets=MONITORING, chunk_rows: int | None =
 
 
 @pytest.fixture(scope="module")
-def trained(open_platform, tmp_path_factory):
-    with open_platform(tmp_path_factory.mktemp("monitoring")) as platform:
-        spec = platform.load_customer(CUSTOMER)
-        result = train_with_baseline(platform, CUSTOMER)
-        assert result.success, step_errors(result)
-        yield platform, spec, result
+def trained(trained_customer, copy_platform, tmp_path_factory):
+    """A copy of the session's trained lumen-streaming (the train_customer job: drift_baseline included)."""
+    lumen = trained_customer(CUSTOMER)
+    with copy_platform(lumen, tmp_path_factory.mktemp("monitoring")) as platform:
+        yield platform, lumen.spec, lumen.result
 
 
 @pytest.fixture(scope="module")

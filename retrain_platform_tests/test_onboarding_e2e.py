@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,21 +28,12 @@ from retrain_platform.demo_data import generate_customer_frame
 from retrain_platform.monitoring import DRIFT_BATCHES_TABLE, PREDICTIONS_TABLE
 from retrain_platform.registry import CHALLENGER, CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, Home
-from retrain_platform_tests.test_cli import assert_one_line_error
-
-ROWS = 1_500
-WAIT_SECONDS = 480
+from retrain_platform_tests.conftest import assert_one_line_error, cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-
-def cli(*args: str, home: Path, cwd: Path, background: bool = False):
-    env = {**os.environ, "RETRAIN_HOME": str(home), "RETRAIN_ENV": "local", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("DAGSTER_HOME", None)  # the CLI derives it from the home
-    command = [sys.executable, "-m", "retrain_platform.cli", *args, "--home", str(home)]
-    if background:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=180)
+ROWS = 1_500
+WAIT_SECONDS = 480
 
 
 @dataclass
@@ -84,7 +74,10 @@ def onboarded(tmp_path_factory) -> Onboarded:
     }
     # No daemon runs: the two commands, started together, must share the one the first of them starts.
     processes = {
-        name: cli(*command, "--batch-period", "month", "--wait", home=home.root, cwd=root, background=True)
+        name: cli(
+            *command, "--batch-period", "month", "--wait", "--home", str(home.root), home=home.root, cwd=root,
+            background=True,
+        )
         for name, command in commands.items()
     }
     outputs = {}
@@ -223,7 +216,8 @@ def test_the_second_customers_backfill_leaves_the_first_customers_models_and_led
 def test_offboard_keeps_everything_and_onboarding_again_needs_reuse(onboarded):
     home, root = onboarded.home, onboarded.root
     csv = onboarded.sources["acme"]
-    offboarded = cli("offboard", "acme", home=home.root, cwd=root)
+    flag = ("--home", str(home.root))  # the home given as a flag as well as in RETRAIN_HOME
+    offboarded = cli("offboard", "acme", *flag, home=home.root, cwd=root)
     assert offboarded.returncode == 0, offboarded.stderr
     assert "data, models and ledger are kept" in offboarded.stdout
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
@@ -236,8 +230,8 @@ def test_offboard_keeps_everything_and_onboarding_again_needs_reuse(onboarded):
     assert len(ledger.history(warehouse, "acme")) == 1 and registry.alias_version("retrain-acme", CHAMPION) == "1"
     assert warehouse.query('select count(*) as n from "landing_acme"')["n"].iloc[0] == ROWS
 
-    assert_one_line_error(cli("train", "acme", home=home.root, cwd=root), "acme is offboarded", "--reuse")
-    again = ["onboard", "acme", "--source", str(csv), "--label", "churned", "--id", "subscriber_id"]
+    assert_one_line_error(cli("train", "acme", *flag, home=home.root, cwd=root), "acme is offboarded", "--reuse")
+    again = ["onboard", "acme", "--source", str(csv), "--label", "churned", "--id", "subscriber_id", *flag]
     assert_one_line_error(cli(*again, home=home.root, cwd=root), "acme", "was offboarded", "pass --reuse")
     reused = cli(*again, "--reuse", home=home.root, cwd=root)
     assert reused.returncode == 0, reused.stderr

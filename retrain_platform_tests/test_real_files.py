@@ -21,7 +21,7 @@ from retrain_platform.monitoring import DRIFT_BATCHES_TABLE, DRIFT_TABLE, METRIC
 from retrain_platform.profiling import PROFILES_TABLE
 from retrain_platform.settings import Home
 from retrain_platform.warehouse import Warehouse, quote
-from retrain_platform_tests.test_cli import assert_one_line_error, cli
+from retrain_platform_tests.conftest import assert_one_line_error, cli
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 from retrain_platform import examples, replay
 from retrain_platform.replay import PolicyResult, ReplayError, Size, parse_size, plan_replay
-from retrain_platform_tests.test_cli import assert_one_line_error, cli
+from retrain_platform_tests.conftest import assert_one_line_error, cli
 
 
 def _daily(days: int = 400, seed: int = 0) -> pd.DataFrame:

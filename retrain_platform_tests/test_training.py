@@ -1,8 +1,9 @@
 """The training chain as real Dagster runs: a DuckDB warehouse and a sqlite MLflow registry under tmp_path,
 a temporary Dagster instance, demo customers at a small size.
 
-One binary customer (lumen-streaming) is trained once per module and then re-trained on the same data and
-on corrupt data; the approve-mode, regression and multiclass customers get their own platform.
+One binary customer (lumen-streaming), trained once per session, is re-trained on a copy on the same data and
+on corrupt data; the approve-mode customer gets its own platform, the regression and multiclass customers a
+copy of their session's training.
 """
 
 from __future__ import annotations
@@ -146,15 +147,18 @@ def observe(platform, spec, result) -> Observed:
 
 
 @pytest.fixture(scope="module")
-def streaming(open_platform, tmp_path_factory):
-    with open_platform(tmp_path_factory.mktemp("streaming")) as platform:
-        yield platform, platform.load_customer(CUSTOMER)
+def streaming(trained_customer, copy_platform, tmp_path_factory):
+    """A copy of the session's trained lumen-streaming, which the module trains again (on good and bad data)."""
+    lumen = trained_customer(CUSTOMER)
+    with copy_platform(lumen, tmp_path_factory.mktemp("streaming")) as platform:
+        yield platform, lumen.spec
 
 
 @pytest.fixture(scope="module")
-def first_training(streaming) -> Observed:
+def first_training(trained_customer, streaming) -> Observed:
+    """The session's first training of lumen-streaming, observed on the copy before the module changes it."""
     platform, spec = streaming
-    return observe(platform, spec, platform.train(spec.customer))
+    return observe(platform, spec, trained_customer(CUSTOMER).result)
 
 
 @pytest.fixture(scope="module")
@@ -454,50 +458,52 @@ def test_approve_mode_customer_gets_no_champion_until_approved(platform):
     "customer, task, metric, classes",
     [("swiftcart-delivery", "regression", "rmse", None), ("atlas-support", "multiclass", "f1", 3)],
 )
-def test_regression_and_multiclass_customers_train_end_to_end(platform, customer, task, metric, classes):
-    spec = platform.load_customer(customer)
+def test_regression_and_multiclass_customers_train_end_to_end(
+    trained_customer, copy_platform, tmp_path, customer, task, metric, classes
+):
+    trained = trained_customer(customer)  # loaded and trained by one small run, once per session
+    spec, result = trained.spec, trained.result
     assert (spec.task, spec.primary_metric) == (task, metric)
 
-    result = platform.train(customer)
-
     assert result.success
-    assert materialized(result) == job_assets(platform)
-    assert {name: check.passed for name, check in check_evaluations(result).items()} == dict.fromkeys(
-        ALL_CHECKS, True
-    )
-    dataset = metadata(result, "training_dataset")
-    assert dataset["rows"] == expected_snapshot_rows(platform.demo[customer].history, spec)
-    if task == "regression":
-        labels = platform.demo[customer].history[spec.label_column]
-        assert dataset["label_mean"] == pytest.approx(labels.mean(), rel=0.05)
-        assert "label_balance" not in dataset
-    else:
-        balance = dataset["label_balance"]
-        assert all(value in balance for value in ("low", "medium", "high"))
-        assert "positive_rate" not in dataset
+    with copy_platform(trained, tmp_path / "platform") as platform:
+        assert materialized(result) == job_assets(platform)
+        assert {name: check.passed for name, check in check_evaluations(result).items()} == dict.fromkeys(
+            ALL_CHECKS, True
+        )
+        dataset = metadata(result, "training_dataset")
+        assert dataset["rows"] == expected_snapshot_rows(platform.demo[customer].history, spec)
+        if task == "regression":
+            labels = platform.demo[customer].history[spec.label_column]
+            assert dataset["label_mean"] == pytest.approx(labels.mean(), rel=0.05)
+            assert "label_balance" not in dataset
+        else:
+            balance = dataset["label_balance"]
+            assert all(value in balance for value in ("low", "medium", "high"))
+            assert "positive_rate" not in dataset
 
-    evaluation = metadata(result, "evaluation_report")
-    assert evaluation["verdict"] == "PROMOTE"
-    holdout_metric = evaluation[f"challenger_{metric}"]
-    assert np.isfinite(holdout_metric)
+        evaluation = metadata(result, "evaluation_report")
+        assert evaluation["verdict"] == "PROMOTE"
+        holdout_metric = evaluation[f"challenger_{metric}"]
+        assert np.isfinite(holdout_metric)
 
-    registry = platform.registry
-    assert registry.alias_version(spec.model_name, CHAMPION) == "1"
-    model = registry.load(spec.model_name, CHAMPION)
-    if classes is not None:
-        assert len(model.classes_) == classes
-    else:
-        assert not hasattr(model, "classes_")
+        registry = platform.registry
+        assert registry.alias_version(spec.model_name, CHAMPION) == "1"
+        model = registry.load(spec.model_name, CHAMPION)
+        if classes is not None:
+            assert len(model.classes_) == classes
+        else:
+            assert not hasattr(model, "classes_")
 
-    history = ledger.history(platform.warehouse, customer)
-    assert history[["action", "verdict", "to_version", "champion_after"]].values.tolist() == [
-        ["promote", "PROMOTE", "1", "1"]
-    ]
-    status = status_of(platform, customer)
-    assert status["champion_version"] == "1"
-    assert status["primary_metric"] == metric
-    assert status["champion_metric"] == pytest.approx(holdout_metric, abs=1e-12)
-    assert served_holdout_metric(platform, spec) == pytest.approx(holdout_metric, rel=1e-9)
+        history = ledger.history(platform.warehouse, customer)
+        assert history[["action", "verdict", "to_version", "champion_after"]].values.tolist() == [
+            ["promote", "PROMOTE", "1", "1"]
+        ]
+        status = status_of(platform, customer)
+        assert status["champion_version"] == "1"
+        assert status["primary_metric"] == metric
+        assert status["champion_metric"] == pytest.approx(holdout_metric, abs=1e-12)
+        assert served_holdout_metric(platform, spec) == pytest.approx(holdout_metric, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------
