@@ -442,9 +442,12 @@ def run_policy_process(plan: ReplayPlan, policy: str, home_root: str, options: P
         if _progress_queue is not None:
             _progress_queue.put((policy, done, total, time.perf_counter() - started))
 
+    # One thread per policy process: the policies already share the cores, and OpenMP and BLAS threads
+    # fighting over them made every training several times slower. threadpoolctl limits only the libraries
+    # loaded when the limit is set, and scikit-learn's OpenMP runtime loads with its modules: import them first.
+    import retrain_platform.runner  # noqa: F401
+
     try:
-        # One thread per policy process: the policies already share the cores, and OpenMP and BLAS threads
-        # fighting over them made a candidate search four times slower than single-threaded.
         with threadpool_limits(1):
             return replay_policy(plan, policy, Path(home_root), options, progress)
     except Exception as error:  # one policy's failure is reported with the others' results
