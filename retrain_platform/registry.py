@@ -254,3 +254,21 @@ def _signature(pipeline: Any, input_example: Any):
         return infer_signature(input_example, pipeline.predict(input_example))
     except Exception:  # a signature is documentation; a model without one still serves
         return None
+
+
+def move_local_store(database, old_root: str, new_root: str) -> None:
+    """Point a copied sqlite tracking store at its own folder. MLflow keeps absolute artifact locations
+    (experiments, runs, logged models, model versions): a copy of a home would otherwise load, and log,
+    artifacts in the home it was copied from."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(database)) as connection, connection:
+        tables = [name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")]
+        for table in tables:
+            for column in [row[1] for row in connection.execute(f'pragma table_info("{table}")')]:
+                connection.execute(
+                    f'update "{table}" set "{column}" = replace("{column}", ?, ?) '
+                    f'where typeof("{column}") = \'text\' and instr("{column}", ?) > 0',
+                    (old_root, new_root, old_root),
+                )

@@ -12,6 +12,7 @@ sensors, gates and ledger are the platform's, driven through `retrain_platform.r
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import queue as queue_module
@@ -43,6 +44,8 @@ DEFAULT_INITIAL_SHARE = 0.3
 JSON_KEYS = ("policy", "metric", "mean_metric", "min_metric", "retrains", "promotions", "metric_by_batch", "compute_s")
 HOME_MARKER = ".retrain-replay"
 LOG_NAME = "replay.log"
+# The home where the first model is trained once; every policy's home starts as a copy of it.
+FIRST_MODEL_HOME = "first-model"
 TRAINING_ACTIONS = ("promote", "hold", "reject", "await_approval", "alert")
 
 _UNITS = {"d": "day", "w": "week", "m": "month", "q": "quarter", "y": "year"}
@@ -355,12 +358,12 @@ def arrive(runner, arrivals: list, sensors: tuple[str, ...], cursors: dict, cloc
 def replay_policy(
     plan: ReplayPlan, policy: str, home_root: Path, options: PolicyOptions, progress: Callable[[int, int], None]
 ) -> PolicyResult:
-    """Walk the plan's batches under one policy in the home at `home_root`. Must run in a process whose
-    `RETRAIN_HOME` is that home before the code location is imported (see `run_policy_process`)."""
+    """Walk the plan's batches under one policy in the home at `home_root`, which already holds the first
+    model (see `train_first_model`). Must run in a process whose `RETRAIN_HOME` is that home before the code
+    location is imported (see `run_policy_process`)."""
     from retrain_platform import ledger, monitoring
     from retrain_platform.defs.resources import Clock
-    from retrain_platform.runner import Runner, RunFailed
-    from retrain_platform.settings import Home
+    from retrain_platform.runner import Runner
 
     spec = plan.spec
     started = time.perf_counter()
@@ -372,13 +375,9 @@ def replay_policy(
         return Clock(frozen_at=pd.Timestamp(moment).isoformat())
 
     with Runner.open(keep_warehouse_open=True, charts=False) as runner:
-        bound = getattr(runner.defs.resources["warehouse"], "database", None)
-        if bound is not None and Path(bound) != Home(home_root).warehouse_path:
-            raise ReplayError(f"this process's code location writes to {bound}, not to the policy's home {home_root}")
-        runner.add_customer(spec, plan.initial)
-        first = runner.train(spec.customer, trigger=FIRST_TRAINING, clock=clock_at(plan.initial_end), search=options.search)
-        if not first.success:
-            raise RunFailed(f"the first training failed (run {first.run_id}): {first.failure}")
+        _check_bound_to(runner, home_root)
+        if not runner.has_customer_partition(spec.customer):
+            raise ReplayError(f"{home_root} holds no first model: copy it from the first model's home (see `replay`)")
         for number, batch in enumerate(plan.batches, start=1):
             clock = clock_at(batch.arrives_at)
             step = arrive(runner, [(spec, batch)], sensors, cursors, clock, search=options.search)
@@ -396,6 +395,41 @@ def replay_policy(
         _count_decisions(result, ledger.history(runner.warehouse, spec.customer), plan)
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def train_first_model(plan: ReplayPlan, home_root: Path, options: PolicyOptions) -> None:
+    """Register the customer on the initial window and train its first model, in the home at `home_root`
+    (the same process rule as `replay_policy`). Done once for all policies: they start from the very same
+    model, and none pays for it again."""
+    from retrain_platform.defs.resources import Clock
+    from retrain_platform.runner import Runner, RunFailed
+
+    spec = plan.spec
+    with Runner.open(keep_warehouse_open=True, charts=False) as runner:
+        _check_bound_to(runner, home_root)
+        runner.add_customer(spec, plan.initial)
+        clock = Clock(frozen_at=pd.Timestamp(plan.initial_end).isoformat())
+        first = runner.train(spec.customer, trigger=FIRST_TRAINING, clock=clock, search=options.search)
+        if not first.success:
+            raise RunFailed(f"the first training failed (run {first.run_id}): {first.failure}")
+
+
+def _check_bound_to(runner, home_root: Path) -> None:
+    from retrain_platform.settings import Home
+
+    bound = getattr(runner.defs.resources["warehouse"], "database", None)
+    if bound is not None and Path(bound) != Home(home_root).warehouse_path:
+        raise ReplayError(f"this process's code location writes to {bound}, not to the policy's home {home_root}")
+
+
+def copy_home(source: Path, target: Path) -> None:
+    """`target` becomes a home of its own holding what `source` holds (its warehouse, registry and Dagster
+    instance); only MLflow keeps absolute paths, which move with it."""
+    from retrain_platform.registry import move_local_store
+    from retrain_platform.settings import Home
+
+    shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOG_NAME))
+    move_local_store(Home(target).mlflow_db, str(source), str(target))
 
 
 def _finite_or_none(value) -> float | None:
@@ -429,30 +463,47 @@ def _init_worker(progress_queue) -> None:
     _progress_queue = progress_queue
 
 
-def run_policy_process(plan: ReplayPlan, policy: str, home_root: str, options: PolicyOptions) -> PolicyResult:
-    """The body of one policy's process: point it at its own home, then replay."""
+def _enter_home(home_root: str) -> None:
+    """Point this process at the home at `home_root`, before the code location is imported."""
     from retrain_platform.settings import Home
 
-    home = Home(Path(home_root)).ensure()
-    home.export_environment()
+    Home(Path(home_root)).ensure().export_environment()
     _log_to(Path(home_root) / LOG_NAME)
+    # threadpoolctl limits only the libraries loaded when a limit is set, and scikit-learn's OpenMP runtime
+    # loads with its modules: import them before `run_policy_process` sets its limit.
+    importlib.import_module("retrain_platform.runner")
+
+
+def _one_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def run_first_model_process(plan: ReplayPlan, home_root: str, options: PolicyOptions) -> str | None:
+    """The body of the process that trains the first model; the error's line if it failed."""
+    _enter_home(home_root)
+    try:
+        train_first_model(plan, Path(home_root), options)
+    except Exception as error:  # reported as every policy's error
+        return _one_line(error)
+    return None
+
+
+def run_policy_process(plan: ReplayPlan, policy: str, home_root: str, options: PolicyOptions) -> PolicyResult:
+    """The body of one policy's process: point it at its own home, then replay."""
+    _enter_home(home_root)
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
         if _progress_queue is not None:
             _progress_queue.put((policy, done, total, time.perf_counter() - started))
 
-    # One thread per policy process: the policies already share the cores, and OpenMP and BLAS threads
-    # fighting over them made every training several times slower. threadpoolctl limits only the libraries
-    # loaded when the limit is set, and scikit-learn's OpenMP runtime loads with its modules: import them first.
-    import retrain_platform.runner  # noqa: F401
-
     try:
+        # One thread per policy process: the policies already share the cores, and OpenMP and BLAS threads
+        # fighting over them made every training several times slower.
         with threadpool_limits(1):
             return replay_policy(plan, policy, Path(home_root), options, progress)
     except Exception as error:  # one policy's failure is reported with the others' results
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return PolicyResult(policy=policy, metric=plan.metric, metric_by_batch=[], home=home_root, error=message)
+        return PolicyResult(policy=policy, metric=plan.metric, metric_by_batch=[], home=home_root, error=_one_line(error))
 
 
 def check_policies(policies: list[str]) -> list[str]:
@@ -478,22 +529,34 @@ def replay(
     workers: int | None = None,
     on_progress: Callable[[str, int, int, float], None] | None = None,
 ) -> list[PolicyResult]:
-    """Run each policy in its own process and home under `out_dir/homes`, at most `workers` at once."""
+    """Train the first model once, then run each policy in its own process and home under `out_dir/homes`
+    (a copy of the first model's), at most `workers` at once."""
     check_policies(policies)
     homes = out_dir / "homes"
-    for policy in policies:
-        _fresh_dir(homes / policy)
+    first_model_home = homes / FIRST_MODEL_HOME
+    for folder in [first_model_home, *(homes / policy for policy in policies)]:
+        _fresh_dir(folder)
     workers = max(1, min(workers or os.cpu_count() or 1, len(policies)))
-    # Each policy's process works single-threaded; the policies in parallel are what use the cores.
+    # The first model trains alone and may search on every core; then each policy's process works
+    # single-threaded, and the policies in parallel are what use the cores.
+    first_options = PolicyOptions(every=options.every, search={"search_jobs": workers, **(options.search or {})})
     options = PolicyOptions(every=options.every, search={"search_jobs": 1, **(options.search or {})})
     context = multiprocessing.get_context("spawn")
     progress_queue = context.Queue()
     results: dict[str, PolicyResult] = {}
-    # One process per policy, never reused: the code location binds to the home it was imported with.
+    # One process per home, never reused: the code location binds to the home it was imported with.
     pool = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(progress_queue,), max_tasks_per_child=1
     )
     with pool:
+        error = pool.submit(run_first_model_process, plan, str(first_model_home), first_options).result()
+        if error is not None:
+            return [
+                PolicyResult(policy=policy, metric=plan.metric, metric_by_batch=[], home=str(homes / policy), error=error)
+                for policy in policies
+            ]
+        for policy in policies:
+            copy_home(first_model_home, homes / policy)
         # The costliest policies first, so that they do not start last and run alone at the end.
         by_cost = sorted(policies, key=lambda policy: POLICIES_BY_COST.index(policy))
         futures = {

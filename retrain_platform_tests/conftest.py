@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 from collections import Counter  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from contextlib import closing, contextmanager  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -58,7 +57,7 @@ from retrain_platform import customers as customer_store  # noqa: E402
 from retrain_platform.defs.resources import local_resources  # noqa: E402
 from retrain_platform.demo_data import DemoCustomer, demo_customers  # noqa: E402
 from retrain_platform.ingest import BATCH_COLUMN, HISTORY_BATCH  # noqa: E402
-from retrain_platform.registry import ModelRegistry  # noqa: E402
+from retrain_platform.registry import ModelRegistry, move_local_store  # noqa: E402
 from retrain_platform.settings import Home  # noqa: E402
 from retrain_platform.spec import CustomerSpec, complete_spec, parse_spec  # noqa: E402
 from retrain_platform.warehouse import Warehouse, quote  # noqa: E402
@@ -216,20 +215,6 @@ def demo_data() -> dict[str, DemoCustomer]:
     return {c.customer: c for c in demo_customers(seed=0, history_rows=TEST_HISTORY_ROWS, batch_rows=TEST_BATCH_ROWS)}
 
 
-def _move_mlflow_paths(database: Path, old: str, new: str) -> None:
-    """MLflow keeps absolute artifact locations (experiments, runs, logged models, model versions): point a
-    copy's at its own artifacts, so what it loads or logs never touches the template it was copied from."""
-    with closing(sqlite3.connect(database)) as connection, connection:
-        tables = [name for (name,) in connection.execute("select name from sqlite_master where type = 'table'")]
-        for table in tables:
-            for column in [row[1] for row in connection.execute(f'pragma table_info("{table}")')]:
-                connection.execute(
-                    f'update "{table}" set "{column}" = replace("{column}", ?, ?) '
-                    f'where typeof("{column}") = \'text\' and instr("{column}", ?) > 0',
-                    (old, new, old),
-                )
-
-
 @pytest.fixture(scope="session")
 def blank_platform(tmp_path_factory) -> Path:
     """An empty platform folder, built once per session: a home whose MLflow database has its tables, and a
@@ -250,7 +235,7 @@ def _fresh(blank: Path, root: Path, part: str) -> Path:
     if not target.exists():
         shutil.copytree(blank / part, target)
         if part == "home":
-            _move_mlflow_paths(Home(target).mlflow_db, str(blank / part), str(target))
+            move_local_store(Home(target).mlflow_db, str(blank / part), str(target))
     return target
 
 
@@ -307,7 +292,7 @@ def copy_platform(open_platform) -> Callable[[TrainedCustomer, Path], contextman
     @contextmanager
     def copy_(trained: TrainedCustomer, root: Path) -> Iterator[Platform]:
         shutil.copytree(trained.root, root, dirs_exist_ok=True)
-        _move_mlflow_paths(Home(Path(root) / "home").mlflow_db, str(trained.root / "home"), str(Path(root) / "home"))
+        move_local_store(Home(Path(root) / "home").mlflow_db, str(trained.root / "home"), str(Path(root) / "home"))
         with open_platform(root) as platform:
             yield platform
 

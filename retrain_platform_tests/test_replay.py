@@ -188,6 +188,39 @@ def test_a_replay_of_two_policies_matches_each_policys_ledger_and_predictions(tm
             assert row.model_version == before["champion_after"].dropna().iloc[-1]
 
     never, always = report
+    # Both start from the one first model, trained once: the first batch, scored before any retraining, is
+    # scored alike.
+    assert never["metric_by_batch"][0] == always["metric_by_batch"][0]
+    assert not (out / "homes" / replay.FIRST_MODEL_HOME / "replay.log").read_text().count("Traceback")
     assert never["retrains"] == 0 and never["promotions"] == 0 and never["compute_s"] == 0
     assert always["retrains"] == 3  # after batches 1, 2 and 3; none after the last
     assert always["compute_s"] > 0
+
+
+def test_a_copied_home_is_a_home_of_its_own(tmp_path):
+    """What a policy's home starts as: a copy of the first model's. Its registry loads and logs artifacts in
+    its own folder, so the copy works once the original is gone."""
+    from sklearn.linear_model import LogisticRegression
+
+    from retrain_platform.defs.resources import local_resources
+    from retrain_platform.settings import Home
+
+    source = Home(tmp_path / "first-model").ensure()
+    registry = local_resources(source)["registry"].get_registry()
+    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    model = LogisticRegression().fit(X, [0, 0, 1, 1])
+    with registry.start_training_run("acme", run_name="first", tags={}):
+        logged = registry.log_candidate("logistic", model, params={}, metrics={}, input_example=X, tags={})
+    version = registry.register("acme-model", logged)
+
+    target = Home(tmp_path / "always").ensure()
+    replay.copy_home(source.root, target.root)
+    import shutil
+
+    shutil.rmtree(source.root)
+    copied = local_resources(target)["registry"].get_registry()
+    assert list(copied.load("acme-model", version).predict(X)) == [0, 0, 1, 1]
+    with copied.start_training_run("acme", run_name="second", tags={}):
+        again = copied.log_candidate("logistic", model, params={}, metrics={}, input_example=X, tags={})
+    assert str(target.root) in copied.client.get_run(again.run_id).info.artifact_uri
+    assert not source.root.exists()  # nothing was written back into the original
