@@ -579,6 +579,26 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    home = _home(args)
+    if not home.warehouse_path.exists():
+        raise CommandError(f"no platform home at {home.root}: nothing to serve")
+    from retrain_platform import serving
+
+    try:
+        serving.check_port(args.host, args.port)
+        print(
+            f"serving {home.root} on http://{args.host}:{args.port}: POST /customers/<customer>/predict, "
+            "GET /health, GET /metrics (Ctrl-C stops)",
+            flush=True,
+        )
+        serving.serve(home, host=args.host, port=args.port)
+    except serving.ServingError as error:
+        raise CommandError(str(error)) from None
+    print("stopped", flush=True)
+    return 0
+
+
 def _search(args) -> dict | None:
     search = {}
     if args.search_iterations is not None:
@@ -711,6 +731,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--cv-splits", type=int, help="time-series CV folds of the search (platform default 3)")
     replay.add_argument("--progress-seconds", type=float, default=10.0, help=argparse.SUPPRESS)
     replay.set_defaults(handler=cmd_replay)
+
+    serve = commands.add_parser(
+        "serve", parents=[common],
+        help="score JSON rows over HTTP with each customer's champion (canary share to its challenger); /metrics",
+    )  # fmt: skip
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

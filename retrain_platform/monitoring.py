@@ -47,10 +47,16 @@ def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np
     if task == "regression":
         values = np.asarray(pipeline.predict(frame), dtype=float)
         return values, values
-    proba = np.asarray(pipeline.predict_proba(frame), dtype=float)
-    predicted = predicted_labels(proba, np.asarray(pipeline.classes_), decision_threshold(pipeline))
+    predicted, proba = classified(pipeline, frame)
     score = proba[:, 1] if task == "binary" else proba.max(axis=1)
     return predicted, score
+
+
+def classified(pipeline: Any, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """A classifier's (predicted label, probability of each class in `pipeline.classes_` order) per row, the
+    label at the decision threshold the model was trained with: the one rule batch and online scoring share."""
+    proba = np.asarray(pipeline.predict_proba(frame), dtype=float)
+    return predicted_labels(proba, np.asarray(pipeline.classes_), decision_threshold(pipeline)), proba
 
 
 def baseline_predictions(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np.ndarray, str]:

@@ -190,6 +190,12 @@ class CustomerSpec(BaseModel):
     mode: Mode = "auto"
     decision: DecisionSettings = Field(default_factory=DecisionSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    canary_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of online rows (by a stable hash of the row id) the challenger awaiting promotion answers",
+    )
 
     @field_validator("customer")
     @classmethod
