@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from retrain_platform.spec import CustomerSpec, case_collision, case_collision_message, class_value, class_values
+from retrain_platform.spec import CustomerSpec, case_collision, case_collision_message, class_value, class_values, plain
 from retrain_platform.warehouse import Warehouse, quote
 
 BATCH_COLUMN = "batch_id"
@@ -156,7 +156,7 @@ def parse_timestamps(raw: pd.Series, column: str) -> pd.Series:
     bad = parsed.isna()
     if bad.any():
         raise IngestError(
-            f"column {column!r}: {int(bad.sum())} timestamp(s) unparseable, e.g. {_plain(raw[bad].iloc[0])!r}"
+            f"column {column!r}: {int(bad.sum())} timestamp(s) unparseable, e.g. {plain(raw[bad].iloc[0])!r}"
         )
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -168,11 +168,11 @@ def _epoch_timestamps(raw: pd.Series, column: str) -> pd.Series:
     values = raw.astype("float64")
     size = values.abs()
     if not np.isfinite(size).all():
-        example = _plain(raw[~np.isfinite(size)].iloc[0])
+        example = plain(raw[~np.isfinite(size)].iloc[0])
         raise IngestError(f"column {column!r}: {example!r} is not a timestamp")
     too_small = size < EPOCH_UNITS[0][2]
     if too_small.any():
-        example = _plain(raw[too_small].iloc[0])
+        example = plain(raw[too_small].iloc[0])
         raise IngestError(
             f"column {column!r}: {example!r} is too small for a timestamp in seconds, milliseconds, microseconds or "
             "nanoseconds since 1970: write dates as text (2024-03-15 08:00) or as epoch time"
@@ -181,13 +181,13 @@ def _epoch_timestamps(raw: pd.Series, column: str) -> pd.Series:
     for unit, _, low in EPOCH_UNITS[1:]:
         units[size >= low] = unit
     if units.nunique() > 1:
-        examples = [f"{_plain(raw[units == unit].iloc[0])!r} reads as {names[unit]}" for unit in units.unique()[:2]]
+        examples = [f"{plain(raw[units == unit].iloc[0])!r} reads as {names[unit]}" for unit in units.unique()[:2]]
         raise IngestError(
             f"column {column!r}: numeric timestamps in several units ({' and '.join(examples)} since 1970): "
             "give every timestamp in one unit"
         )
     unit = units.iloc[0]
-    latest = _plain(raw.iloc[int(size.argmax())])
+    latest = plain(raw.iloc[int(size.argmax())])
     too_late = IngestError(
         f"column {column!r}: {latest!r} in {names[unit]} since 1970 is after "
         "2262-04-11, the latest timestamp the platform stores"
@@ -201,10 +201,6 @@ def _epoch_timestamps(raw: pd.Series, column: str) -> pd.Series:
         return pd.to_datetime(numbers, unit=unit, utc=True)
     except (OverflowError, ValueError):
         raise too_late from None
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def known_classes(warehouse: Warehouse, spec: CustomerSpec) -> list | None:
@@ -270,7 +266,7 @@ def conform(frame: pd.DataFrame, spec: CustomerSpec, *, require_features: bool =
         duplicated = ids[ids.duplicated()]
         if len(duplicated):
             raise IngestError(
-                f"column {spec.id_column!r}: id {duplicated.iloc[0]!r} appears more than once in the file"
+                f"column {spec.id_column!r}: id {plain(duplicated.iloc[0])!r} appears more than once in the file"
             )
     if spec.timestamp_column in conformed:
         conformed[spec.timestamp_column] = parse_timestamps(conformed[spec.timestamp_column], spec.timestamp_column)

@@ -40,7 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from retrain_platform.registry import FAMILY_TAG, FULL_SEARCH, PARAMS_TAG, ROWS_TAG, SEARCH_TAG
-from retrain_platform.spec import CustomerSpec, DecisionSettings
+from retrain_platform.spec import CustomerSpec, DecisionSettings, plain
 
 SCORERS = {
     ("binary", "accuracy"): "accuracy",
@@ -379,7 +379,7 @@ def _search(family, estimator, space, X, y, scorer_name, settings) -> Candidate 
     best = int(np.nanargmax(scores))
     return Candidate(
         family=family,
-        best_params={key: _plain(value) for key, value in search.cv_results_["params"][best].items()},
+        best_params={key: plain(value) for key, value in search.cv_results_["params"][best].items()},
         cv_score=float(scores[best]),
         cv_std=float(search.cv_results_["std_test_score"][best]),
         scorer=scorer_name,
@@ -390,10 +390,6 @@ def _search(family, estimator, space, X, y, scorer_name, settings) -> Candidate 
 
 def _learnable(y: np.ndarray, task: str) -> bool:
     return task == "regression" or len(np.unique(y)) > 1
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def tune_threshold(model: Any, X: np.ndarray, y: np.ndarray, decision: DecisionSettings) -> float | None:

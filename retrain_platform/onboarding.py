@@ -34,6 +34,7 @@ from retrain_platform.spec import (
     complete_spec,
     infer_kind,
     parse_spec,
+    plain,
     validate_customer_id,
 )
 from retrain_platform.warehouse import Warehouse, quote
@@ -239,7 +240,7 @@ def _refuse_uninformative(frame: pd.DataFrame, names: list[str]) -> None:
         if values.isna().all():
             problems.append(f"{name!r} (all null)")
         elif values.nunique(dropna=True) < 2:
-            problems.append(f"{name!r} (constant: {values.dropna().iloc[0]!r})")
+            problems.append(f"{name!r} (constant: {plain(values.dropna().iloc[0])!r})")
     if problems:
         raise OnboardingError(
             f"column(s) {', '.join(problems)} carry no information for a model: "

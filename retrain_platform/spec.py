@@ -368,6 +368,11 @@ def complete_spec(spec: CustomerSpec, sample: pd.DataFrame) -> CustomerSpec:
     )
 
 
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds: `3`, not `np.int64(3)`, in every message a user reads."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def class_value(value: Any) -> str | int | float | bool:
     """A label as a plain value: 1.0 (an integer label read back as a float next to a NULL) is the class 1."""
     if isinstance(value, (bool, np.bool_)):
