@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from retrain_platform.interrupts import stop_on_signals
+from retrain_platform.library_notices import quiet_known_notices
 from retrain_platform.local_daemon import daemon_running, exclusive
 from retrain_platform.settings import Home
 
@@ -221,12 +222,11 @@ def cmd_status(args) -> int:
     home = _home(args)
     if not home.warehouse_path.exists():
         raise CommandError(f"no platform home at {home.root}: run `retrain-platform demo` first")
-    from retrain_platform.status import customer_status, format_table, quarantined_batches
+    from retrain_platform.status import customer_status, format_table
 
     with _runner() as runner:
         rows = customer_status(runner.warehouse, runner.registry)
-        quarantined = quarantined_batches(runner.warehouse)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows, quarantined))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
@@ -747,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Known and documented (README): partitioned asset checks are a Dagster preview, backfill policies a beta.
     warnings.filterwarnings("ignore", message=r".*is currently in (preview|beta)")
+    quiet_known_notices()
     args = build_parser().parse_args(argv)
     stop_on_signals()
     try:

@@ -13,6 +13,9 @@ from retrain_platform.defs.monitoring import (
 from retrain_platform.defs.onboarding import onboarding_assets, onboarding_sensors
 from retrain_platform.defs.resources import resources_for_environment
 from retrain_platform.defs.training import train_customer, training_assets, training_checks
+from retrain_platform.library_notices import quiet_known_notices
+
+quiet_known_notices()
 
 defs = dg.Definitions(
     assets=[*training_assets, drift_baseline, *monitoring_assets, *onboarding_assets],

@@ -298,6 +298,12 @@ def check_customer_free(warehouse: Warehouse, customer: str, reuse: bool) -> Non
     if customer not in known and state is None:
         return
     current = state["status"] if state is not None else READY
+    if current in IN_PROGRESS:
+        raise OnboardingError(
+            f"customer {customer!r} is already being onboarded ({current}): its backfills go on whenever a Dagster "
+            "daemon runs for this home (`dagster dev`, or another `onboard --wait`); `retrain-platform status` "
+            "follows it"
+        )
     if current != OFFBOARDED:
         raise OnboardingError(f"customer {customer!r} is already onboarded ({current}); offboard it first")
     if not reuse:

@@ -372,10 +372,10 @@ def _observed(result: ExpectationValidationResult, rule: str, kwargs: dict) -> s
     if "observed_value" in details:
         observed = details["observed_value"]
         if rule == "expect_column_values_to_be_in_type_list":
-            return f"column type is {observed!r}"
+            return f"column type is {_plain(observed)!r}"
         if rule == "expect_table_row_count_to_be_between":
             return f"{observed} rows"
-        return f"observed {observed!r}"
+        return f"observed {_plain(observed)!r}"
     if rule == "expect_column_to_exist":
         return f"column {kwargs.get('column')!r} is not in the data"
     return "failed"

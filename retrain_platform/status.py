@@ -1,4 +1,5 @@
-"""Where every customer stands: mode, champion and its holdout metric, last verdict, promotions."""
+"""Where every customer stands: mode, champion and its holdout metric, last verdict, promotions, onboarding and
+quarantined batches."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ STATUS_KEYS = (
     "last_verdict",
     "promotions",
     "onboarding",
+    "quarantined_batches",
 )
+# The table shows quarantined batches as a line under it, naming the command that lists them.
+TABLE_KEYS = STATUS_KEYS[:-1]
 HOLDOUT_TAG_PREFIX = "holdout_"
 HOLDOUT_ESTIMATED_TAG_PREFIX = "holdout_estimated_"
 
@@ -24,6 +28,7 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
     history = ledger.history(warehouse)
     states = onboarding.all_statuses(warehouse)
     onboarding_state = dict(zip(states["customer"], states["status"]))
+    quarantined = batches.quarantined_counts(warehouse)
     rows = []
     for spec in customers.list_specs(warehouse):
         champion = registry.alias_version(spec.model_name, CHAMPION)
@@ -40,6 +45,7 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
                 "promotions": int(mine["action"].isin(["promote", "approve"]).sum()),
                 # Customers set up before `onboard` existed (the demo) have no onboarding record: they are live.
                 "onboarding": onboarding_state.get(spec.customer, onboarding.READY),
+                "quarantined_batches": quarantined.get(spec.customer, 0),
             }
         )
     return rows
@@ -53,26 +59,22 @@ def holdout_metrics(registry: ModelRegistry, model_name: str, version: str, metr
     return tuple(float(value) if value is not None else None for value in values)
 
 
-def quarantined_batches(warehouse: Warehouse) -> dict[str, int]:
-    """Per customer with any, how many of its batches are quarantined (left out of training, drift and metrics)."""
-    return batches.quarantined_counts(warehouse)
-
-
-def format_table(rows: list[dict], quarantined: dict[str, int] | None = None) -> str:
-    """The status table; `quarantined` adds a line per customer with quarantined batches under it."""
+def format_table(rows: list[dict]) -> str:
+    """The status table, and under it a line per customer with quarantined batches."""
     if not rows:
         return "no customers yet: run `retrain-platform demo` or onboard one"
-    header = list(STATUS_KEYS)
+    header = list(TABLE_KEYS)
     cells = [[_cell(row[key]) for key in header] for row in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
-    for customer, count in sorted((quarantined or {}).items()):
-        lines.append(
-            f"{customer}: {count} quarantined batch(es), left out of training, drift and metrics: "
-            f"see `retrain-platform batches {customer}`"
-        )
+    for row in rows:
+        if row["quarantined_batches"]:
+            lines.append(
+                f"{row['customer']}: {row['quarantined_batches']} quarantined batch(es), left out of training, drift "
+                f"and metrics: see `retrain-platform batches {row['customer']}`"
+            )
     return "\n".join(lines)
 
 

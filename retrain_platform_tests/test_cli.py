@@ -21,6 +21,7 @@ STATUS_JSON_KEYS = [
     "last_verdict",
     "promotions",
     "onboarding",
+    "quarantined_batches",
 ]
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,7 @@ def test_status_json_after_training_lists_every_customer_with_the_documented_key
         "last_verdict": None,
         "promotions": 0,
         "onboarding": "ready",
+        "quarantined_batches": 0,
     }
     assert trained["mode"] == "auto"
     assert trained["champion_version"] == "1"
@@ -193,3 +195,32 @@ def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(trained_custom
     assert "champion rolled back 2 -> 1" in completed.stdout
     assert "Traceback" not in completed.stderr
     assert len(received) == 1 and received[0]["kind"] == "rollback" and "bad week" in received[0]["message"]
+
+
+@pytest.mark.slow
+def test_a_cli_training_shows_no_library_warning_and_messages_no_numpy_repr(tmp_path):
+    """Issue 10, case 14: MLflow's cloudpickle notice and database set-up lines reached the user's stderr on
+    every `train`, and refusals showed `np.float64(1.0)` or `np.int64(5)` for a value."""
+    from retrain_platform.demo_data import generate_customer_frame
+
+    home = tmp_path / "home"
+    history = generate_customer_frame("lumen-streaming", 400, start="2026-05-01", end="2026-08-01", rng=1)
+    history["subscriber_id"] = range(1, len(history) + 1)
+    history.assign(region=1.0).to_csv(tmp_path / "constant.csv", index=False)
+    history.to_csv(tmp_path / "acme.csv", index=False)
+    history.tail(20).assign(subscriber_id=[5000] * 2 + list(range(5002, 5020))).to_csv(tmp_path / "twice.csv", index=False)
+    onboard = ("--label", "churned", "--id", "subscriber_id", "--mode", "auto")
+
+    refused = cli("onboard", "initech", "--source", str(tmp_path / "constant.csv"), *onboard, home=home, cwd=tmp_path)
+    assert_one_line_error(refused, "'region' (constant: 1.0)")
+    onboarded = cli("onboard", "acme", "--source", str(tmp_path / "acme.csv"), *onboard, home=home, cwd=tmp_path)
+    assert onboarded.returncode == 0, onboarded.stderr[-3000:]
+    trained = cli("train", "acme", home=home, cwd=tmp_path, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    duplicated = cli("ingest", "acme", "--source", str(tmp_path / "twice.csv"), "--batch", "b1", home=home, cwd=tmp_path)
+    assert_one_line_error(duplicated, "id 5000 appears more than once")
+
+    assert "mlflow" not in trained.stderr.lower()  # a new home's MLflow database is made quietly
+    for completed in (refused, onboarded, trained, duplicated):
+        assert "warning" not in completed.stderr.lower(), completed.stderr
+        assert "np." not in completed.stdout + completed.stderr

@@ -1,17 +1,21 @@
-"""The daemon `onboard --wait` starts: one per home however many commands wait, stopped by the last one out."""
+"""The daemon `onboard --wait` starts: one per home however many commands wait, stopped by the last one out, even
+when that one was killed."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
+from retrain_platform.demo_data import generate_customer_frame
 from retrain_platform.local_daemon import DAEMONS, DaemonStopped, SharedDaemon, daemon_running, process_alive
 from retrain_platform.settings import Home
+from retrain_platform_tests.conftest import assert_one_line_error, cli
 
 
 @pytest.fixture
@@ -76,3 +80,58 @@ def test_a_daemon_that_dies_while_commands_wait_is_reported(home):
     finally:
         daemon.__exit__(None, None, None)
     assert not daemon.pid_path.exists()
+
+
+def session_processes(session: int) -> list[int]:
+    """Live processes of a session: the daemon's supervisor, the daemon, its code servers and run workers."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_onboard_wait_leaves_no_daemon_running(home, tmp_path, signum):
+    """Issue 10, case 12: `onboard --wait`, stopped while it waits, used to leave its daemon running for good."""
+    source = tmp_path / "acme.csv"
+    generate_customer_frame("lumen-streaming", 600, start="2026-05-01", end="2026-08-01", rng=1).to_csv(
+        source, index=False
+    )
+    onboard = ("onboard", "acme", "--source", str(source), "--label", "churned", "--id", "subscriber_id")
+    command = cli(*onboard, "--wait", home=home.root, cwd=tmp_path, background=True)
+    pid_path = home.root / "logs" / "daemon.pid"
+    daemon = None
+    try:
+        wait_until(lambda: pid_path.exists() or command.poll() is not None, timeout_seconds=180)
+        assert command.poll() is None, command.communicate()
+        daemon = int(pid_path.read_text())
+        wait_until(daemon_running, timeout_seconds=180)
+
+        command.send_signal(signum)
+        _, stderr = command.communicate(timeout=120)
+        if signum == signal.SIGTERM:
+            assert command.returncode == 130 and "interrupted" in stderr, stderr
+            assert not process_alive(daemon), "the last user out stops the daemon"
+        else:
+            assert command.returncode == -signal.SIGKILL
+            wait_until(lambda: not process_alive(daemon), timeout_seconds=90)  # its supervisor saw no user left
+            assert "no command uses this daemon any more" in (home.root / "logs" / "daemon.log").read_text()
+        wait_until(lambda: not session_processes(daemon), timeout_seconds=30)  # code servers and run workers too
+        assert not pid_path.exists()
+        assert not daemon_running(), "its heartbeats are wiped, so the next command starts a daemon at once"
+
+        again = cli(*onboard, "--wait", home=home.root, cwd=tmp_path)
+        assert_one_line_error(again, "already being onboarded", "dagster dev")
+    finally:
+        if command.poll() is None:
+            command.kill()
+        if daemon is not None and session_processes(daemon):
+            os.killpg(daemon, signal.SIGKILL)
+            pytest.fail("the daemon's session was still running")

@@ -222,6 +222,16 @@ def test_a_taken_id_is_refused_and_an_offboarded_one_needs_reuse(warehouse):
     assert warehouse.query(f'select count(*) as n from "{archived}"')["n"].iloc[0] == len(prepared.history)
 
 
+def test_an_onboarding_in_progress_is_refused_with_how_it_goes_on(warehouse):
+    """Issue 10, case 12: re-running an `onboard --wait` that was killed must say the onboarding goes on."""
+    prepared = onboarding.prepare(history_csv_like(), request())
+    now = pd.Timestamp("2026-11-01").to_pydatetime()
+    onboarding.load_history(warehouse, prepared, now)
+    onboarding.record(warehouse, "acme", onboarding.TRAINING, now)
+    with pytest.raises(OnboardingError, match=r"already being onboarded \(training\).*dagster dev"):
+        onboarding.check_customer_free(warehouse, "acme", reuse=True)
+
+
 def test_a_landing_table_of_another_customer_is_not_overwritten(warehouse):
     now = pd.Timestamp("2026-11-01").to_pydatetime()
     onboarding.load_history(warehouse, onboarding.prepare(history_csv_like(), request(customer="a-b")), now)

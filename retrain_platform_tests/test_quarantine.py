@@ -16,7 +16,7 @@ from retrain_platform.batches import BatchState
 from retrain_platform.defs.training import snapshot_table
 from retrain_platform.ingest import BATCH_COLUMN
 from retrain_platform.runner import Runner, RunFailed
-from retrain_platform.status import customer_status, format_table, quarantined_batches
+from retrain_platform.status import customer_status, format_table
 from retrain_platform.warehouse import quote
 from retrain_platform_tests.conftest import assert_one_line_error, cli
 
@@ -71,7 +71,7 @@ def landing_ids(platform, spec, batch_id: str) -> set:
     return set(rows["id"])
 
 
-def test_failing_batches_are_quarantined_naming_the_rule_and_column(poisoned):
+def test_failing_batches_are_quarantined_naming_the_rule_and_column(poisoned, tmp_path):
     platform, _, spec, refusals = poisoned
 
     states = batches.current_states(platform.warehouse, CUSTOMER).set_index("batch_id")
@@ -94,9 +94,12 @@ def test_failing_batches_are_quarantined_naming_the_rule_and_column(poisoned):
         for table in (monitoring.PREDICTIONS_TABLE, monitoring.DRIFT_BATCHES_TABLE, monitoring.METRICS_TABLE):
             measured = platform.warehouse.query(f"select * from {quote(table)} where batch_id = ?", [batch_id])
             assert measured.empty, table
-    assert quarantined_batches(platform.warehouse) == {CUSTOMER: 2}
-    status = format_table(customer_status(platform.warehouse, platform.registry), quarantined_batches(platform.warehouse))
-    assert f"{CUSTOMER}: 2 quarantined batch(es), left out of training, drift and metrics" in status
+    rows = customer_status(platform.warehouse, platform.registry)
+    assert {row["customer"]: row["quarantined_batches"] for row in rows if row["quarantined_batches"]} == {CUSTOMER: 2}
+    assert f"{CUSTOMER}: 2 quarantined batch(es), left out of training, drift and metrics" in format_table(rows)
+    shown = cli("status", "--json", home=platform.home.root, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert {row["customer"]: row["quarantined_batches"] for row in json.loads(shown.stdout)}[CUSTOMER] == 2
 
 
 def test_training_afterwards_succeeds_and_its_snapshot_leaves_the_quarantined_rows_out(poisoned):
