@@ -599,6 +599,45 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_label_queue(args) -> int:
+    from retrain_platform.spec import validate_customer_id
+
+    validate_customer_id(args.customer)
+    home = _home(args)
+    if not home.warehouse_path.exists():
+        raise CommandError(f"no platform home at {home.root}")
+    from retrain_platform import labelling
+    from retrain_platform.customers import load_spec
+
+    with _runner() as runner:
+        spec = load_spec(runner.warehouse, args.customer)
+        queued = labelling.queued_rows(runner.warehouse, spec.customer)
+        exported = labelling.export_rows(runner.warehouse, spec) if args.export else None
+    if args.export:
+        target = Path(args.export)
+        if target.suffix.lower() != ".csv":
+            raise CommandError(f"--export {target}: the export is a .csv file")
+        exported.to_csv(target, index=False)
+    if args.json:
+        print(queued.to_json(orient="records", date_format="iso"))
+    elif queued.empty:
+        reason = labelling.not_queued_reason(spec)
+        print(f"{spec.customer}: no rows wait for a label" + (f" ({reason})" if reason else ""))
+    else:
+        lines = [f"{'batch':<24} {'row id':<24} {'uncertainty':>11}  queued at"]
+        for row in queued.itertuples():
+            lines.append(f"{row.batch_id:<24} {row.row_id:<24} {row.uncertainty:>11.3f}  {row.queued_at:%Y-%m-%d %H:%M}")
+        lines.append(f"{len(queued):,} row(s) of {spec.customer} wait for a label, the least certain first")
+        print("\n".join(lines))
+    if args.export:
+        print(
+            f"{spec.customer}: {len(exported):,} row(s) written to {args.export}: fill the {spec.label_column!r} column "
+            f"and give the file back with `retrain-platform ingest {spec.customer} --source FILE`",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    return 0
+
+
 def _search(args) -> dict | None:
     search = {}
     if args.search_iterations is not None:
@@ -739,6 +778,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(handler=cmd_serve)
+
+    label_queue = commands.add_parser(
+        "label-queue", parents=[common],
+        help="list the rows queued for experts to label (those the model was least sure of); export them as CSV",
+    )  # fmt: skip
+    label_queue.add_argument("customer")
+    label_queue.add_argument(
+        "--export", metavar="FILE",
+        help="write the open rows (id, timestamp, features and an empty label column) to a .csv file to fill in",
+    )  # fmt: skip
+    label_queue.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    label_queue.set_defaults(handler=cmd_label_queue)
     return parser
 
 

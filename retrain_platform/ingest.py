@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
+from retrain_platform import labelling
 from retrain_platform.spec import CustomerSpec, case_collision, case_collision_message, class_value, class_values, plain
 from retrain_platform.warehouse import Warehouse, quote
 
@@ -361,6 +362,7 @@ def ingest(
     affected: list[str] = []
     if len(late_labels):
         affected = _merge_labels(warehouse, spec, late_labels)
+        labelling.mark_labelled(warehouse, spec)
     if replacing:
         warehouse.write(table, fresh, replace_where={BATCH_COLUMN: batch_id})
     elif len(fresh):

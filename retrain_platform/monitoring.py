@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain_platform import drift, performance
+from retrain_platform import drift, labelling, performance
 from retrain_platform.evaluation import ModelOutput, compute_metrics, predicted_labels
 from retrain_platform.ingest import BATCH_COLUMN
 from retrain_platform.modelling import decision_threshold
@@ -48,8 +48,13 @@ def prediction_scores(pipeline: Any, frame: pd.DataFrame, task: str) -> tuple[np
         values = np.asarray(pipeline.predict(frame), dtype=float)
         return values, values
     predicted, proba = classified(pipeline, frame)
-    score = proba[:, 1] if task == "binary" else proba.max(axis=1)
-    return predicted, score
+    return predicted, class_score(proba, task)
+
+
+def class_score(proba: np.ndarray, task: str) -> np.ndarray:
+    """A classifier's score per row from its class probabilities: the positive class's for a binary task, the
+    top class's for multiclass."""
+    return proba[:, 1] if task == "binary" else proba.max(axis=1)
 
 
 def classified(pipeline: Any, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -87,19 +92,28 @@ def score_batch(
     batch_id: str,
     models: dict[str, tuple[str, Any]],
     chunk_rows: int = 250_000,
+    uncertain: labelling.MostUncertain | None = None,
 ) -> ScoredBatch:
     """Score every row of a batch with each model (role -> (version, pipeline)) and replace the batch's
-    stored predictions, so re-running a batch never duplicates them."""
+    stored predictions, so re-running a batch never duplicates them. `uncertain`, for a classifier, is given the
+    serving model's class probabilities of every unlabelled row (the labelling queue's candidates)."""
     warehouse.delete_where(PREDICTIONS_TABLE, {"customer": spec.customer, "batch_id": batch_id})
     rows = labelled = 0
     sums = {role: 0.0 for role in models}
+    serving = serving_role(models)
     for chunk in batch_rows(warehouse, spec, batch_id, chunk_rows):
         rows += len(chunk)
-        labelled += int(chunk[spec.label_column].notna().sum())
+        has_label = chunk[spec.label_column].notna().to_numpy()
+        labelled += int(has_label.sum())
         row_ids = chunk[spec.id_column].astype(str) if spec.id_column else chunk.index.astype(str)
         parts = []
         for role, (version, pipeline) in models.items():
-            predicted, score = prediction_scores(pipeline, chunk[spec.feature_names], spec.task)
+            if uncertain is not None and role == serving and spec.task != "regression":
+                predicted, proba = classified(pipeline, chunk[spec.feature_names])
+                score = class_score(proba, spec.task)
+                uncertain.add(row_ids.to_numpy(), proba, labelled=has_label)
+            else:
+                predicted, score = prediction_scores(pipeline, chunk[spec.feature_names], spec.task)
             sums[role] += float(score.sum())
             parts.append(
                 pd.DataFrame(
@@ -327,6 +341,7 @@ def forget_batch(warehouse: Warehouse, customer: str, batch_id: str) -> None:
     rows that are gone, and the sensors must not act on them while the new rows wait for their monitoring."""
     for table in (PREDICTIONS_TABLE, DRIFT_TABLE, METRICS_TABLE, DRIFT_BATCHES_TABLE):
         warehouse.delete_where(table, {"customer": customer, "batch_id": batch_id})
+    labelling.forget_batch(warehouse, customer, batch_id)
 
 
 def drift_by_batch(warehouse: Warehouse) -> pd.DataFrame:
@@ -376,3 +391,56 @@ def metric_history(warehouse: Warehouse, customer: str, metric: str) -> pd.DataF
     has_champion = set(frame.loc[frame["model_role"] == CHAMPION_ROLE, "batch_id"])
     keep = (frame["model_role"] == CHAMPION_ROLE) | ~frame["batch_id"].isin(has_champion)
     return frame.loc[keep, ["batch_id", "kind", "value"]].reset_index(drop=True)
+
+
+LATEST_FIGURE_COLUMNS = ["customer", "metric", "drift_share", "dataset_drifted", "realized", "estimated"]
+
+
+def latest_batch_figures(warehouse: Warehouse, specs: list[CustomerSpec]) -> pd.DataFrame:
+    """Per customer with a measured batch, one row: the drift share and verdict of its latest batch (by the time
+    its rows describe), and the serving model's primary metric, realized on the latest batch with at least the
+    customer's `min_labelled_rows` labels and estimated (label-free) on the latest batch that has an estimate.
+    A figure not measured yet is NaN."""
+    if not specs or not warehouse.table_exists(DRIFT_BATCHES_TABLE):
+        return pd.DataFrame(columns=LATEST_FIGURE_COLUMNS)
+    batches = warehouse.query(
+        f'select "customer", "batch_id", "drift_share", "dataset_drifted", "batch_start" from {quote(DRIFT_BATCHES_TABLE)}'
+    )
+    batches = batches.sort_values(["customer", "batch_start", "batch_id"], ascending=False, na_position="last")
+    metrics = pd.DataFrame(columns=["customer", "batch_id", "model_role", "kind", "metric", "value", "labelled_rows"])
+    primary = sorted({spec.primary_metric for spec in specs if spec.primary_metric})
+    if primary and warehouse.table_exists(METRICS_TABLE):
+        marks = ", ".join("?" for _ in primary)
+        metrics = warehouse.query(
+            f'select "customer", "batch_id", "model_role", "kind", "metric", "value", "labelled_rows" '
+            f'from {quote(METRICS_TABLE)} where "model_role" in (?, ?) and "metric" in ({marks})',
+            [CHAMPION_ROLE, CHALLENGER_ROLE, *primary],
+        )
+    rows = []
+    for spec in specs:
+        mine = batches[batches["customer"] == spec.customer]
+        if mine.empty:
+            continue
+        latest = mine.iloc[0]
+        order = {batch: rank for rank, batch in enumerate(mine["batch_id"])}
+        values = metrics[(metrics["customer"] == spec.customer) & (metrics["metric"] == spec.primary_metric)]
+        # The serving model's figure: the champion's, or the challenger's on a batch scored before any champion.
+        has_champion = set(values.loc[values["model_role"] == CHAMPION_ROLE, "batch_id"])
+        values = values[(values["model_role"] == CHAMPION_ROLE) | ~values["batch_id"].isin(has_champion)]
+        values = values[values["batch_id"].isin(order)]
+        values = values.assign(rank=values["batch_id"].map(order)).sort_values("rank")
+        realized = values[
+            (values["kind"] == "realized") & (values["labelled_rows"] >= spec.automation.min_labelled_rows)
+        ]
+        estimated = values[values["kind"] == "estimated"]
+        rows.append(
+            {
+                "customer": spec.customer,
+                "metric": spec.primary_metric,
+                "drift_share": float(latest["drift_share"]),
+                "dataset_drifted": str(latest["dataset_drifted"]).lower() in ("true", "1"),
+                "realized": float(realized["value"].iloc[0]) if len(realized) else float("nan"),
+                "estimated": float(estimated["value"].iloc[0]) if len(estimated) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows, columns=LATEST_FIGURE_COLUMNS)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain_platform import customers, deployment, ledger, monitoring
+from retrain_platform import customers, deployment, labelling, ledger, monitoring
 from retrain_platform.modelling import decision_threshold
 from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry
 from retrain_platform.settings import Home
@@ -50,6 +50,9 @@ FLUSH_SECONDS = 1.0
 # Rows kept for the warehouse while it refuses writes (another process holds DuckDB's lock); beyond, the oldest go.
 MAX_BUFFERED_ROWS = 200_000
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# How old the platform's own gauges (drift, realized and estimated metric) may be when /metrics is scraped: they
+# are read from the warehouse, which monitoring updates per batch, so a scrape every second need not read it.
+PLATFORM_GAUGE_SECONDS = 5.0
 
 
 class ServingError(Exception):
@@ -581,6 +584,87 @@ class ServingMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class PlatformGauges:
+    """The platform's own figures per customer, as a Prometheus collector: the latest batch's drift share and
+    verdict, the serving model's latest realized and estimated primary metric (`monitoring.latest_batch_figures`),
+    and the rows waiting in the labelling queue.
+
+    They are read from the warehouse the monitoring writes, at most every `refresh_seconds` (`refresh_if_due`,
+    called before a scrape), never per request; a read that fails (DuckDB's one writer is another process) keeps
+    the figures of the last read, whose time `retrain_platform_gauges_read_timestamp_seconds` tells."""
+
+    def __init__(self, warehouse: Warehouse, refresh_seconds: float = PLATFORM_GAUGE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.warehouse = warehouse
+        self.refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked_at: float | None = None
+        self._read_at: float | None = None
+        self._figures = pd.DataFrame(columns=monitoring.LATEST_FIGURE_COLUMNS)
+        self._queued: dict[str, int] = {}
+
+    def refresh_if_due(self) -> None:
+        """Read the figures again when the last read is `refresh_seconds` old (one reader at a time)."""
+        with self._lock:
+            now = self._clock()
+            if self._checked_at is not None and now - self._checked_at < self.refresh_seconds:
+                return
+            self._checked_at = now
+            try:
+                figures = monitoring.latest_batch_figures(self.warehouse, customers.list_specs(self.warehouse))
+                queued = labelling.open_counts(self.warehouse)
+            except Exception as error:
+                log.warning("platform gauges not refreshed, keeping the last read: %s", error)
+                return
+            self._figures, self._queued, self._read_at = figures, queued, time.time()
+
+    def describe(self) -> list:
+        return list(self._families())
+
+    def collect(self) -> list:
+        figures, queued, read_at = self._figures, self._queued, self._read_at
+        drift, drifted, metric, queue, read = self._families()
+        for row in figures.itertuples():
+            drift.add_metric([row.customer], row.drift_share)
+            drifted.add_metric([row.customer], float(row.dataset_drifted))
+            for kind in ("realized", "estimated"):
+                value = getattr(row, kind)
+                if not math.isnan(value):
+                    metric.add_metric([row.customer, row.metric, kind], value)
+        for customer, rows in sorted(queued.items()):
+            queue.add_metric([customer], rows)
+        if read_at is not None:
+            read.add_metric([], read_at)
+        return [drift, drifted, metric, queue, read]
+
+    @staticmethod
+    def _families() -> tuple:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return (
+            GaugeMetricFamily(
+                "retrain_batch_drift_share", "Share of features drifted on the customer's latest measured batch",
+                labels=["customer"],
+            ),
+            GaugeMetricFamily(
+                "retrain_batch_dataset_drifted", "1 when the customer's latest measured batch drifted as a whole",
+                labels=["customer"],
+            ),
+            GaugeMetricFamily(
+                "retrain_batch_primary_metric", "The serving model's primary metric on the latest batch measured for "
+                "it: realized (on enough labels) or estimated without labels", labels=["customer", "metric", "kind"],
+            ),
+            GaugeMetricFamily(
+                "retrain_labelling_queue_open_rows", "Rows queued for experts to label that have no label yet",
+                labels=["customer"],
+            ),
+            GaugeMetricFamily(
+                "retrain_platform_gauges_read_timestamp_seconds", "Unix time the platform gauges were last read from "
+                "the warehouse",
+            ),
+        )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------
 # The service and its HTTP app
 
@@ -593,6 +677,7 @@ class OnlineScoring:
     predictions: PredictionLog
     metrics: ServingMetrics
     started: float = field(default_factory=time.monotonic)
+    gauges: PlatformGauges | None = None
 
     def predict(self, customer: str, body: Any) -> dict:
         """The answer to `POST /customers/{customer}/predict`; raises `ServingError` with its HTTP status."""
@@ -655,6 +740,12 @@ class OnlineScoring:
         }
         return {"customer": customer, "predictions": rows, "models": models}
 
+    def exposition(self) -> tuple[bytes, str]:
+        """What `GET /metrics` answers: the serving metrics and the platform gauges, read again when due."""
+        if self.gauges is not None:
+            self.gauges.refresh_if_due()
+        return self.metrics.exposition()
+
     def health(self) -> dict:
         """What `GET /health` says: the server is up, and which customers it holds models for."""
         loaded = self.store.loaded()
@@ -682,9 +773,12 @@ def create_service(
     alias_check_seconds: float = ALIAS_CHECK_SECONDS,
     spec_check_seconds: float = SPEC_CHECK_SECONDS,
     flush_seconds: float = FLUSH_SECONDS,
+    gauge_seconds: float = PLATFORM_GAUGE_SECONDS,
 ) -> OnlineScoring:
     """The scoring service over a warehouse and a registry, without HTTP."""
     metrics = ServingMetrics()
+    gauges = PlatformGauges(warehouse, gauge_seconds)
+    metrics.registry.register(gauges)
     store = ModelStore(
         warehouse,
         registry,
@@ -692,7 +786,7 @@ def create_service(
         spec_check_seconds=spec_check_seconds,
         on_swap=metrics.served,
     )
-    return OnlineScoring(store, PredictionLog(warehouse, flush_seconds), metrics)
+    return OnlineScoring(store, PredictionLog(warehouse, flush_seconds), metrics, gauges=gauges)
 
 
 def create_app(service: OnlineScoring):
@@ -725,7 +819,8 @@ def create_app(service: OnlineScoring):
         return JSONResponse(service.health())
 
     async def metrics(request: Request) -> Response:
-        body, content_type = service.metrics.exposition()
+        # In a worker thread: the platform gauges, when due, are read from the warehouse.
+        body, content_type = await run_in_threadpool(service.exposition)
         return Response(body, media_type=content_type)
 
     @asynccontextmanager

@@ -196,6 +196,12 @@ class CustomerSpec(BaseModel):
         le=1.0,
         description="share of online rows (by a stable hash of the row id) the challenger awaiting promotion answers",
     )
+    labelling_queue_size: int = Field(
+        default=50,
+        ge=0,
+        le=100_000,
+        description="rows of each scored batch queued for experts to label, those the model is least sure of (0: none)",
+    )
 
     @field_validator("customer")
     @classmethod

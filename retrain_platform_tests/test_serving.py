@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from retrain_platform import customers as customer_store
 from retrain_platform import monitoring, serving
+from retrain_platform.ingest import batch_partition_key, ingest
 from retrain_platform.modelling import decision_threshold
 from retrain_platform.registry import CHALLENGER, CHAMPION, LoggedModel
 from retrain_platform.spec import parse_spec
@@ -59,7 +63,8 @@ def served(trained_customer, copy_platform, tmp_path_factory):
         second = registry.register(name, LoggedModel(first.run_id, first.source), tags=dict(first.tags))
         registry.set_alias(name, CHALLENGER, second)
         service = serving.create_service(
-            platform.warehouse, registry, alias_check_seconds=0.2, spec_check_seconds=0.2, flush_seconds=0.2
+            platform.warehouse, registry, alias_check_seconds=0.2, spec_check_seconds=0.2, flush_seconds=0.2,
+            gauge_seconds=0.2,
         )
         with RunningServer(serving.create_app(service)) as server, requests.Session() as http:
             yield platform, lumen.spec, server, http, service
@@ -227,6 +232,107 @@ def test_metrics_count_requests_errors_latency_and_versions(served):
     assert value("retrain_serving_model_version", customer=CUSTOMER, arm="champion") == 1.0
     health = http.get(f"{server.url}/health", timeout=10).json()
     assert health["status"] == "ok" and health["customers"][CUSTOMER]["champion"] == "1"
+
+
+@pytest.mark.slow
+def test_metrics_carry_the_platforms_drift_metric_and_queue_gauges(served):
+    platform, spec, server, http, _ = served
+    batch = platform.demo[CUSTOMER].batches[1].copy()
+    batch[spec.label_column] = batch[spec.label_column].astype(object)
+    batch.loc[batch.index[-100:], spec.label_column] = None  # 400 labels: a realized metric; 100 rows to queue
+    ingest(platform.warehouse, spec, batch, "gauged")
+    key = batch_partition_key(CUSTOMER, "gauged")
+    platform.instance.add_dynamic_partitions("batches", [key])
+    run = platform.run_job("monitor_batch", key, {"ops": {"drift_report": {"config": {"chart": False}}}})
+    assert run.success
+
+    measured = platform.warehouse.query(
+        'select "drift_share", "dataset_drifted" from "drift_batches" where "customer" = ? and "batch_id" = ?',
+        [CUSTOMER, "gauged"],
+    ).iloc[0]
+    stored = platform.warehouse.query(
+        'select "kind", "value" from "batch_metrics" where "customer" = ? and "batch_id" = ? and "model_role" = ? '
+        'and "metric" = ?',
+        [CUSTOMER, "gauged", "champion", spec.primary_metric],
+    )
+    expected = dict(zip(stored["kind"], stored["value"]))
+    assert set(expected) == {"realized", "estimated"}
+
+    drift_share = ("retrain_batch_drift_share", (("customer", CUSTOMER),))
+
+    def gauges() -> dict | None:
+        text = http.get(f"{server.url}/metrics", timeout=10).text
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.labels.get("customer") == CUSTOMER
+        }
+        return samples if drift_share in samples else None
+
+    found = wait_for(gauges, "the platform gauges to be read from the warehouse")
+    assert found[drift_share] == pytest.approx(measured["drift_share"])
+    assert found[("retrain_batch_dataset_drifted", (("customer", CUSTOMER),))] == float(bool(measured["dataset_drifted"]))
+    for kind, value in expected.items():
+        labels = (("customer", CUSTOMER), ("kind", kind), ("metric", spec.primary_metric))
+        assert found[("retrain_batch_primary_metric", labels)] == pytest.approx(value)
+    assert found[("retrain_labelling_queue_open_rows", (("customer", CUSTOMER),))] == 50
+
+
+def test_platform_gauges_read_the_warehouse_at_most_every_refresh_seconds(warehouse, monkeypatch):
+    reads = []
+    real = monitoring.latest_batch_figures
+    monkeypatch.setattr(monitoring, "latest_batch_figures", lambda *args: reads.append(1) or real(*args))
+    now = [100.0]
+    gauges = serving.PlatformGauges(warehouse, refresh_seconds=5.0, clock=lambda: now[0])
+    for moment in (100.0, 101.0, 104.9, 105.0, 106.0):
+        now[0] = moment
+        gauges.refresh_if_due()
+    assert len(reads) == 2
+    assert [family.name for family in gauges.collect()][-1] == "retrain_platform_gauges_read_timestamp_seconds"
+
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "retrain-platform.json"
+METRIC_NAME = re.compile(r"\bretrain_[a-z0-9_]+\b")
+
+
+def exported_series() -> set[str]:
+    """Every series name `/metrics` can hold: the serving metrics and the platform gauges, with the suffixes
+    prometheus_client gives each type."""
+    metrics = serving.ServingMetrics()
+    metrics.registry.register(serving.PlatformGauges(warehouse=None))
+    suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_count", "_sum", "_created"], "gauge": [""]}
+    return {family.name + suffix for family in metrics.registry.collect() for suffix in suffixes[family.type]}
+
+
+def test_every_grafana_panel_queries_metrics_the_server_exports():
+    dashboard = json.loads(DASHBOARD.read_text())
+    exported = exported_series()
+    panels = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    expressions = []
+    for panel in panels:
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            names = METRIC_NAME.findall(target["expr"])
+            assert names, f"panel {panel['title']!r}: {target['expr']!r} names no retrain metric"
+            unknown = set(names) - exported
+            assert not unknown, f"panel {panel['title']!r} queries {sorted(unknown)}, which serving.py does not export"
+            expressions.append(target["expr"])
+    variable = dashboard["templating"]["list"][1]["query"]["query"]
+    assert set(METRIC_NAME.findall(variable)) <= exported
+    joined = "\n".join(expressions)
+    for needed in (
+        "rate(retrain_serving_requests_total",
+        "rate(retrain_serving_errors_total",
+        "histogram_quantile(0.5, sum by (le, customer) (rate(retrain_serving_latency_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, customer) (rate(retrain_serving_latency_seconds_bucket",
+        "retrain_serving_model_version",
+        "retrain_batch_drift_share",
+        'kind="realized"',
+        'kind="estimated"',
+    ):
+        assert needed in joined, f"no panel shows {needed}"
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 
 
 def _free_port() -> int:

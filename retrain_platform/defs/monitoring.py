@@ -11,7 +11,7 @@ import pandas as pd
 
 from retrain_platform import batches as batch_states
 from retrain_platform import customers as customer_store
-from retrain_platform import drift, monitoring, quality
+from retrain_platform import drift, labelling, monitoring, quality
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.defs.training import (
@@ -257,24 +257,31 @@ def batch_predictions(
     config: BatchConfig,
     warehouse: dg.ResourceParam[WarehouseProvider],
     registry: MlflowRegistry,
+    clock: Clock,
 ) -> dg.MaterializeResult:
     """The batch scored by the champion and, in shadow, by the challenger and the previous champion, with the
     registered pipelines. Before a first champion is approved, the challenger scores alone, so a reviewer sees
-    how it would have done on the history. Re-running a batch replaces its predictions."""
+    how it would have done on the history. Re-running a batch replaces its predictions. The serving model's
+    least certain unlabelled rows go to the labelling queue for experts (`retrain-platform label-queue`)."""
     db = warehouse.get_warehouse()
     models_registry = registry.get_registry()
     loaded: dict[str, dict[str, tuple[str, Any]]] = {}
+    quarantined: dict[str, set[str]] = {}
     described = []
     for key in context.partition_keys:
         customer, batch_id = split_batch_partition_key(key)
         spec = customer_store.load_spec(db, customer)
         if customer not in loaded:
             loaded[customer] = _load_models(models_registry, spec)
+            quarantined[customer] = set(batch_states.quarantined_batches(db, customer))
         models = loaded[customer]
         if not models:
             raise dg.Failure(f"{customer} has no model yet: train a model before scoring", allow_retries=False)
-        scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows)
+        picker = labelling.picker_for(spec)
+        scored = monitoring.score_batch(db, spec, batch_id, models, chunk_rows=config.chunk_rows, uncertain=picker)
         row: dict[str, Any] = {"batch": key, "rows": scored.rows, "labelled_rows": scored.labelled_rows}
+        if picker is not None and batch_id not in quarantined[customer]:
+            row["queued_for_labelling"] = labelling.enqueue(db, customer, batch_id, picker.rows(), clock.now())
         for role, version in scored.versions.items():
             row[f"{role}_version"] = version
             row[f"{role}_mean_score"] = float(scored.mean_score[role])
@@ -286,6 +293,8 @@ def batch_predictions(
         "rows": dg.MetadataValue.int(only["rows"]),
         "labelled_rows": dg.MetadataValue.int(only["labelled_rows"]),
     }
+    if "queued_for_labelling" in only:
+        metadata["queued_for_labelling"] = dg.MetadataValue.int(only["queued_for_labelling"])
     for name, value in only.items():
         if name.endswith("_version"):
             metadata[name] = value
