@@ -157,6 +157,9 @@ class ModelRegistry:
             client.get_registered_model(model_name)
         except MlflowException:
             client.create_registered_model(model_name)
+        # MLflow 3 resolves a `models:/m-...` source through the process-wide tracking URI, whichever
+        # registry set it last: a process with two homes (a server, the tests) must point it here first.
+        self._activate()
         version = client.create_model_version(
             model_name, source=logged.model_uri, run_id=logged.run_id, tags=tags or {}
         )

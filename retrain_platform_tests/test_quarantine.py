@@ -175,7 +175,8 @@ def test_drop_deletes_the_rows_and_what_was_measured_and_records_it(poisoned, tm
         assert platform.warehouse.query(f"select * from {quote(table)} where batch_id = ?", [FUTURE]).empty
     listed = batches.list_batches(platform.warehouse, spec).set_index("batch_id")
     assert listed.loc[FUTURE, ["state", "rows", "column"]].tolist() == ["dropped", 0, spec.timestamp_column]
-    assert batches.quarantined_batches(platform.warehouse, CUSTOMER) == []
+    # Other tests of this module quarantine and release batches of their own: only this one is asserted.
+    assert FUTURE not in batches.quarantined_batches(platform.warehouse, CUSTOMER)
     recorded = alerts.history(platform.warehouse, CUSTOMER, batches.BATCH_DROPPED)
     assert len(recorded) == 1 and recorded["message"].iloc[0].startswith(f"batch {FUTURE} dropped by cli:")
     assert batches.history(platform.warehouse, CUSTOMER)["state"].tolist()[-1] == BatchState.DROPPED
