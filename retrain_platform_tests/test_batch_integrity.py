@@ -405,6 +405,7 @@ def test_a_batch_whose_monitoring_did_not_finish_is_monitored_when_ingested_agai
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # a whole command-line journey in subprocesses: the end-to-end lane
 def test_cli_completes_an_interrupted_ingest_refuses_another_file_and_replaces_with_replace(trained, tmp_path):
     spec = runner_spec(trained)
     first, second = trained.demo[CUSTOMER].batches[0], trained.demo[CUSTOMER].batches[1]

@@ -198,6 +198,7 @@ def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(trained_custom
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # a whole command-line journey in subprocesses: the end-to-end lane
 def test_a_cli_training_shows_no_library_warning_and_messages_no_numpy_repr(tmp_path):
     """Issue 10, case 14: MLflow's cloudpickle notice and database set-up lines reached the user's stderr on
     every `train`, and refusals showed `np.float64(1.0)` or `np.int64(5)` for a value."""

@@ -156,6 +156,7 @@ def champion_margins(platform, spec, frame: pd.DataFrame) -> pd.Series:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # a whole command-line journey in subprocesses: the end-to-end lane
 def test_export_fill_and_ingest_marks_the_queue_labelled(lumen, tmp_path):
     platform = lumen
     spec = load_spec(platform.warehouse, CUSTOMER)

@@ -192,6 +192,7 @@ def weather(rows: int, start: str, seed: int, warmer: float = 0.0) -> pd.DataFra
     )
 
 
+@pytest.mark.e2e  # a whole command-line journey in subprocesses: the end-to-end lane
 def test_columns_named_with_spaces_dashes_dots_and_accents_work_from_onboarding_to_drift(tmp_path):
     home = tmp_path / "home"
     weather(800, "2025-01-01", seed=1).to_csv(tmp_path / "meteo.csv", index=False)
