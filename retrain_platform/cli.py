@@ -324,7 +324,7 @@ def _batches_table(customer: str, listed) -> str:
 
 @contextmanager
 def _customer_runner(args):
-    """The runner and the customer's spec, for approve, rollback and offboard."""
+    """The runner and the customer's spec, for approve, rollback, offboard and canary."""
     home = _home(args)
     if not home.warehouse_path.exists():
         raise CommandError(f"no platform home at {home.root}")
@@ -638,6 +638,43 @@ def cmd_label_queue(args) -> int:
     return 0
 
 
+def cmd_canary(args) -> int:
+    import getpass
+
+    from retrain_platform import canary
+
+    with _customer_runner(args) as (runner, spec):
+        comparison = canary.current_canary(runner.warehouse, runner.registry, spec)
+        entry = None
+        if args.promote:
+            entry = canary.promote_if_better(
+                runner.warehouse, runner.registry, spec, comparison, now=runner.now(), by=f"cli:{getpass.getuser()}"
+            )
+    if args.json:
+        promoted = None if entry is None else {"from_version": entry.from_version, "to_version": entry.to_version}
+        print(json.dumps({**comparison.to_dict(), **({"promoted": promoted} if args.promote else {})}))
+        return 0
+    lines = [f"{spec.customer}: canary on {comparison.metric} (realized, on labels that came after the answers)"]
+    lines.append(f"  {'arm':<11} {'version':>7} {'answered':>9} {'labelled':>9} {comparison.metric:>10}")
+    for arm in (comparison.champion, comparison.challenger):
+        value = "-" if arm.metric_value is None else f"{arm.metric_value:.4f}"
+        lines.append(
+            f"  {arm.arm:<11} {arm.model_version or '-':>7} {arm.answered_rows:>9,} {arm.labelled_rows:>9,} {value:>10}"
+        )
+    lines.append(f"  verdict: {comparison.verdict}: {comparison.reason}")
+    if entry is not None:
+        lines.append(
+            f"  promoted: champion {entry.from_version or '-'} -> {entry.to_version} "
+            f"(models:/{spec.model_name}@champion); the ledger records it (trigger {entry.trigger!r})"
+        )
+    elif args.promote:
+        lines.append("  not promoted: nothing changed")
+    elif comparison.significant:
+        lines.append(f"  promote it with `retrain-platform canary {spec.customer} --promote`")
+    print("\n".join(lines))
+    return 0
+
+
 def _search(args) -> dict | None:
     search = {}
     if args.search_iterations is not None:
@@ -778,6 +815,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     serve.set_defaults(handler=cmd_serve)
+
+    canary_command = commands.add_parser(
+        "canary", parents=[common],
+        help="compare the champion's and the challenger's online answers on the labels that came later",
+    )  # fmt: skip
+    canary_command.add_argument("customer")
+    canary_command.add_argument(
+        "--promote", action="store_true",
+        help="promote the challenger when its arm is significantly better (ledger: approve, trigger canary)",
+    )  # fmt: skip
+    canary_command.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    canary_command.set_defaults(handler=cmd_canary)
 
     label_queue = commands.add_parser(
         "label-queue", parents=[common],

@@ -1,7 +1,8 @@
-"""Moving the champion by decision of a person or of the rollback rule: approvals and rollbacks.
+"""Moving the champion by decision of a person, of the canary or of the rollback rule: approvals and rollbacks.
 
 Training moves the champion only in `auto` mode. In `approve` mode a PROMOTE verdict tags the challenger
-`approval=pending` and waits for `approve`. `rollback` moves the champion back. Each move is written to the
+`approval=pending` and waits for `approve`; a canary whose challenger arm is significantly better online
+promotes it the same way (`promote_challenger`). `rollback` moves the champion back. Each move is written to the
 model ledger, because MLflow keeps no history of where its aliases pointed.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from retrain_platform import ledger
-from retrain_platform.registry import CHAMPION, ModelRegistry, RegistryError
+from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.warehouse import Warehouse
 
@@ -19,6 +20,9 @@ PENDING = "pending"
 APPROVED = "approved"
 SUPERSEDED = "superseded"
 ROLLBACK_VERDICT = "ROLLBACK"
+PROMOTE_VERDICT = "PROMOTE"
+# The ledger action of a person's (or the canary's) promotion; the rollback sensor watches it like "promote".
+APPROVE_ACTION = "approve"
 
 
 class DeploymentError(ValueError):
@@ -55,26 +59,88 @@ def approve(
         state = registry.version_tags(spec.model_name, version).get(APPROVAL_TAG, "never requested")
         raise DeploymentError(f"version {version} of {spec.customer} is not awaiting approval (approval: {state})")
 
+    evaluation = _awaiting_row(warehouse, spec.customer, version)
+    return _promote_approved(
+        warehouse,
+        registry,
+        spec,
+        version,
+        pending,
+        now=now,
+        verdict=evaluation["verdict"] if evaluation is not None else PROMOTE_VERDICT,
+        reasons=f"approved by {approved_by}" + ("" if evaluation is None else f"; evaluation: {evaluation['reasons']}"),
+        trigger=f"approval: {approved_by}",
+        dagster_run_id=dagster_run_id,
+        data_version=evaluation["data_version"] if evaluation is not None else None,
+    )
+
+
+def promote_challenger(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    spec: CustomerSpec,
+    version: str,
+    *,
+    now: datetime,
+    reasons: str,
+    trigger: str,
+    expected_champion: str | None,
+    dagster_run_id: str | None = None,
+) -> ledger.LedgerEntry:
+    """Promote the `challenger` on evidence gathered after its training (the canary's realized metrics), by the
+    same moves and ledger row as an approval, whether or not it was awaiting one. Nothing moves unless `version`
+    is still the challenger and `expected_champion` still serves: the evidence is about those two models."""
+    version = str(version)
+    challenger = registry.alias_version(spec.model_name, CHALLENGER)
+    champion = registry.alias_version(spec.model_name, CHAMPION)
+    if challenger != version:
+        raise DeploymentError(
+            f"version {version} is no longer the challenger of {spec.customer} (it is {challenger}): nothing promoted"
+        )
+    if champion != (None if expected_champion is None else str(expected_champion)):
+        raise DeploymentError(
+            f"the champion of {spec.customer} is version {champion}, not {expected_champion}: nothing promoted"
+        )
+    if champion == version:
+        raise DeploymentError(f"version {version} is already the champion of {spec.customer}")
+    return _promote_approved(
+        warehouse, registry, spec, version, pending_versions(registry, spec),
+        now=now, verdict=PROMOTE_VERDICT, reasons=reasons, trigger=trigger, dagster_run_id=dagster_run_id,
+    )  # fmt: skip
+
+
+def _promote_approved(
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    spec: CustomerSpec,
+    version: str,
+    pending: list[str],
+    *,
+    now: datetime,
+    verdict: str,
+    reasons: str,
+    trigger: str,
+    dagster_run_id: str | None,
+    data_version: str | None = None,
+) -> ledger.LedgerEntry:
     before = registry.alias_version(spec.model_name, CHAMPION)
     registry.promote(spec.model_name, version)
     registry.set_version_tag(spec.model_name, version, APPROVAL_TAG, APPROVED)
     for older in pending:
         if int(older) < int(version):
             registry.set_version_tag(spec.model_name, older, APPROVAL_TAG, SUPERSEDED)
-
-    evaluation = _awaiting_row(warehouse, spec.customer, version)
     entry = ledger.LedgerEntry(
         customer=spec.customer,
         model_name=spec.model_name,
-        action="approve",
-        verdict=evaluation["verdict"] if evaluation is not None else "PROMOTE",
+        action=APPROVE_ACTION,
+        verdict=verdict,
         from_version=before,
         to_version=version,
         champion_after=version,
-        reasons=f"approved by {approved_by}" + ("" if evaluation is None else f"; evaluation: {evaluation['reasons']}"),
-        trigger=f"approval: {approved_by}",
+        reasons=reasons,
+        trigger=trigger,
         dagster_run_id=dagster_run_id,
-        data_version=evaluation["data_version"] if evaluation is not None else None,
+        data_version=data_version,
         recorded_at=now,
     )
     ledger.append(warehouse, entry)

@@ -498,6 +498,59 @@ def paired_bootstrap_difference(
     return DifferenceInterval(metric, point, float(low), float(high), confidence, int(difference.size))
 
 
+def unpaired_bootstrap_difference(
+    task: Task,
+    metric: str,
+    champion_y: Any,
+    champion_output: ModelOutput,
+    challenger_y: Any,
+    challenger_output: ModelOutput,
+    rounds: int = 500,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> DifferenceInterval:
+    """Percentile interval of the metric difference, challenger against champion, when each model answered
+    rows of its own (a canary split): each round resamples the two samples independently.
+
+    The metric of each resample is computed as `paired_bootstrap_difference` does (`_metric_on_weights`);
+    rounds in which either sample misses one of its own classes are skipped, and `rounds` on the result is
+    how many were used. The interval is nan when no round is usable.
+    """
+    if metric not in metrics_for(task):
+        raise ValueError(f"{metric!r} is not a {task} metric: use one of {list(metrics_for(task))}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    arms = []
+    for y_true, output in ((champion_y, champion_output), (challenger_y, challenger_output)):
+        y_true = _check_inputs(task, y_true, output)
+        classes = None if task == "regression" else (y_true[:, None] == np.unique(y_true)[None, :]).astype(float)
+        arms.append((len(y_true), _metric_on_weights(task, metric, y_true, output), classes))
+    (n_champion, champion_metric, champion_classes), (n_challenger, challenger_metric, challenger_classes) = arms
+    everything = np.ones((1, n_champion)), np.ones((1, n_challenger))
+    point = float(improvement(metric, challenger_metric(everything[1]), champion_metric(everything[0]))[0])
+
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(rounds, MAX_WEIGHT_CELLS // max(n_champion, n_challenger)))
+    differences = []
+    for start in range(0, rounds, chunk):
+        size = min(chunk, rounds - start)
+        champion_weights = _resample_weights(rng, n_champion, size)
+        challenger_weights = _resample_weights(rng, n_challenger, size)
+        usable = np.ones(size, dtype=bool)
+        if champion_classes is not None:
+            usable &= (champion_weights @ champion_classes > 0).all(axis=1)
+            usable &= (challenger_weights @ challenger_classes > 0).all(axis=1)
+        challenger_values = challenger_metric(challenger_weights[usable])
+        differences.append(improvement(metric, challenger_values, champion_metric(champion_weights[usable])))
+    difference = np.concatenate(differences)
+    difference = difference[~np.isnan(difference)]
+    if difference.size == 0:
+        return DifferenceInterval(metric, point, math.nan, math.nan, confidence, 0)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(difference, [tail, 1 - tail])
+    return DifferenceInterval(metric, point, float(low), float(high), confidence, int(difference.size))
+
+
 @dataclass(frozen=True)
 class Gate:
     """One promotion check: whether it passed, why, and what failing it means (HOLD or REJECT)."""

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from retrain_platform import customers as customer_store
-from retrain_platform import deployment, drift, ledger, monitoring, triggers
+from retrain_platform import canary, deployment, drift, ledger, monitoring, triggers
 from retrain_platform.alerts import (
     AWAITING_APPROVAL,
     CHALLENGER_READY,
@@ -35,6 +35,7 @@ from retrain_platform.defs.run_health import fail_dead_runs, worker_tags
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
 from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
+from retrain_platform.serving import ONLINE_PREDICTIONS_TABLE
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG, schedules
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.status import holdout_metrics
@@ -45,6 +46,7 @@ DRIFT_SENSOR = "drift_sensor"
 PERFORMANCE_SENSOR = "performance_sensor"
 NEW_LABELS_SENSOR = "new_labels_sensor"
 AUTO_ROLLBACK_SENSOR = "auto_rollback_sensor"
+CANARY_SENSOR = "canary_sensor"
 DEPLOYMENT_ALERTS_SENSOR = "deployment_alerts_sensor"
 RUN_FAILURE_SENSOR = "run_failure_alerts"
 DAILY_INFERENCE = "daily_inference"
@@ -487,6 +489,112 @@ def auto_rollback_sensor(
     )
 
 
+# ------------------------------------------------------------------------------------------------- canary
+
+
+class CanaryPromotionConfig(dg.Config):
+    """The canary to promote: the challenger and the champion the sensor compared."""
+
+    customer: str
+    challenger_version: str
+    expected_champion: str
+
+
+@dg.op(out={})
+def promote_canary_challenger(
+    context: dg.OpExecutionContext,
+    config: CanaryPromotionConfig,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+    clock: Clock,
+):
+    """Judges the canary again and promotes its challenger if its arm is still significantly better; the ledger
+    records it as an approval with trigger `canary: canary_sensor`."""
+    db = warehouse.get_warehouse()
+    spec = customer_store.load_spec(db, config.customer)
+    comparison = canary.compare_arms(db, spec, config.expected_champion, config.challenger_version)
+    entry = canary.promote_if_better(
+        db, registry.get_registry(), spec, comparison, now=clock.now(), by=CANARY_SENSOR, dagster_run_id=context.run_id
+    )
+    if entry is None:
+        context.log.info(f"{spec.customer}: version {config.challenger_version} not promoted: {comparison.reason}")
+        return
+    context.log.info(f"{spec.customer}: version {entry.to_version} promoted by its canary; was {entry.from_version}")
+    yield _champion_observation(entry)
+
+
+@dg.job(description="Promote a challenger whose canary arm is significantly better online; the ledger records it.")
+def promote_canary_model():
+    promote_canary_challenger()
+
+
+@dg.sensor(
+    name=CANARY_SENSOR,
+    job=promote_canary_model,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def canary_sensor(
+    context: dg.SensorEvaluationContext,
+    warehouse: dg.ResourceParam[WarehouseProvider],
+    registry: MlflowRegistry,
+    clock: Clock,
+    alerts: AlertChannel,
+) -> dg.SensorResult:
+    """Promotes the challenger of an auto-mode customer in canary (`canary_fraction` above 0) once its arm is
+    significantly better than the champion's on the labels that came after the answers (`canary.compare_arms`).
+    Approve and alert modes are alerted instead, once per canary: a person promotes with `canary --promote`."""
+    db = warehouse.get_warehouse()
+    models = registry.get_registry()
+    cursor = TriggerCursor.parse(context.cursor)
+    now = clock.now()
+    requests, notes = [], []
+    in_canary = [spec for spec in customer_specs(context.instance, db) if spec.canary_fraction > 0]
+    if not db.table_exists(ONLINE_PREDICTIONS_TABLE):
+        in_canary = []
+    for spec in in_canary:
+        customer = spec.customer
+        try:
+            comparison = canary.current_canary(db, models, spec)
+        except Exception as error:
+            context.log.error(f"{customer}: could not judge its canary: {error}")
+            continue
+        if not comparison.significant:
+            notes.append(f"{customer}: {comparison.verdict}")
+            continue
+        challenger, champion = comparison.challenger.model_version, comparison.champion.model_version
+        key = f"v{challenger}-vs-v{champion}"
+        if spec.mode != "auto":
+            if cursor.alerted.get(customer) != key:
+                message = (
+                    f"canary: version {challenger} is significantly better online than champion {champion} "
+                    f"({comparison.reason}); {spec.mode} mode: promote it with "
+                    f"`retrain-platform canary {customer} --promote`"
+                )
+                alerts.send(db, Alert(now, customer, CHALLENGER_READY, message), log=context.log)
+                cursor.alerted[customer] = key
+            notes.append(f"{customer}: better online, {spec.mode} mode")
+            continue
+        if cursor.launched.get(customer) == key:
+            continue
+        promotion = {"customer": customer, "challenger_version": challenger, "expected_champion": champion}
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{canary.CANARY_TRIGGER}:{customer}:{key}",
+                run_config={"ops": {"promote_canary_challenger": {"config": promotion}}},
+                tags={
+                    TRIGGER_TAG: canary.CANARY_TRIGGER,
+                    EVIDENCE_TAG: comparison.reason[:MAX_TAG_LENGTH],
+                    CUSTOMER_TAG: customer,
+                },
+            )
+        )
+        cursor.launched[customer] = key
+        context.log.info(f"{customer}: canary promotion of version {challenger} requested: {comparison.reason}")
+    skip_reason = None if requests else ("; ".join(notes) or "no customer in canary")
+    return dg.SensorResult(run_requests=requests, skip_reason=skip_reason, cursor=cursor.dump())
+
+
 # ------------------------------------------------------------------------------------------------- alerts
 
 
@@ -531,7 +639,9 @@ def deployment_alerts_sensor(
 
 @dg.run_failure_sensor(
     name=RUN_FAILURE_SENSOR,
-    monitored_jobs=[train_customer, monitor_batch, remeasure_batch, approve_model, rollback_model],
+    monitored_jobs=[
+        train_customer, monitor_batch, remeasure_batch, approve_model, rollback_model, promote_canary_model
+    ],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def run_failure_alerts(
@@ -652,11 +762,12 @@ automation_sensors = [
     performance_sensor,
     new_labels_sensor,
     auto_rollback_sensor,
+    canary_sensor,
     deployment_alerts_sensor,
     run_failure_alerts,
 ]
 automation_schedules = [daily_inference, weekly_retraining]
-automation_jobs = [approve_model, rollback_model]
+automation_jobs = [approve_model, rollback_model, promote_canary_model]
 
 
 # ------------------------------------------------------------------------------------ ticking in-process
