@@ -388,6 +388,7 @@ def test_the_rollback_is_decided_once(rollback_story):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # command-line processes end to end: the end-to-end lane
 def test_rollback_from_the_command_line_moves_the_champion_and_writes_the_ledger(platform, rollback_story, tmp_path):
     completed = cli("rollback", CUSTOMER, "--reason", "v2 was fine after all", home=platform.home.root, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr

@@ -477,6 +477,7 @@ sys.exit(cli.main(sys.argv[3:]))
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # command-line processes end to end: the end-to-end lane
 def test_two_processes_ingesting_the_same_rows_under_two_batch_ids_store_each_id_once(trained, tmp_path):
     spec = runner_spec(trained)
     batch = trained.demo[CUSTOMER].batches[0]

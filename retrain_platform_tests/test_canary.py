@@ -221,6 +221,7 @@ def canaried(trained_customer, copy_platform, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # command-line processes end to end: the end-to-end lane
 def test_canary_command_prints_the_comparison_and_promotes_only_with_promote(canaried):
     platform, spec, root = canaried
     home = platform.home.root
