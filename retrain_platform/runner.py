@@ -151,13 +151,10 @@ def _caused_by_an_interruption(error) -> bool:
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
     """Whether the run ended because this process was interrupted (Ctrl-C, or a signal `interrupts` maps).
-
-    A step with a retry policy turns its interruption into a retry (Dagster's choice), so the run's last
-    failure may be "Exceeded max_retries"; the interruption is then the cause of the retry."""
+    No step has a Dagster retry policy (see `defs.training.retry_when_busy`): one would retry the interrupted
+    step instead of stopping."""
     for event in result.all_events:
         if event.is_step_failure and _caused_by_an_interruption(event.step_failure_data.error):
-            return True
-        if event.is_step_up_for_retry and _caused_by_an_interruption(event.event_specific_data.error):
             return True
         reason = getattr(event.event_specific_data, "failure_reason", None) if event.is_failure else None
         if getattr(reason, "value", None) == "UNEXPECTED_TERMINATION":

@@ -117,3 +117,30 @@ def test_mlflow_runs_left_running_by_a_finished_dagster_run_are_ended(registry):
         closed = registry.close_abandoned_runs("acme", lambda run_id: run_id == "dead-run")
     assert closed == [left.info.run_id]
     assert client.get_run(left.info.run_id).info.status == "KILLED"
+
+
+def test_a_step_is_retried_when_a_file_was_busy_and_only_then():
+    import duckdb
+
+    from retrain_platform.defs.training import retry_when_busy
+
+    attempts = []
+
+    @dg.asset
+    @retry_when_busy
+    def busy_once(context: dg.AssetExecutionContext) -> int:
+        attempts.append(context.retry_number)
+        if len(attempts) == 1:
+            raise duckdb.IOException('Could not set lock on file "warehouse.duckdb"')
+        return len(attempts)
+
+    @dg.asset
+    @retry_when_busy
+    def broken(context: dg.AssetExecutionContext) -> int:
+        attempts.append("broken")
+        raise ValueError("a real error")
+
+    assert dg.materialize([busy_once], raise_on_error=False).success
+    assert attempts == [0, 1]
+    assert not dg.materialize([broken], raise_on_error=False).success
+    assert attempts[2:] == ["broken"]  # not retried

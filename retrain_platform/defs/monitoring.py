@@ -15,10 +15,10 @@ from retrain_platform import drift, labelling, monitoring, quality
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.defs.training import (
-    WAREHOUSE_RETRY,
     TrainedModels,
     WarehouseProvider,
     blocking_check_result,
+    retry_when_busy,
     utc_now,
 )
 from retrain_platform.ingest import BATCH_COLUMN, batch_partition_key, split_batch_partition_key
@@ -49,7 +49,8 @@ class DriftReportConfig(BatchConfig):
     chart: bool = True
 
 
-@dg.asset(partitions_def=customers, group_name="training", kinds={"mlflow"}, retry_policy=WAREHOUSE_RETRY)
+@dg.asset(partitions_def=customers, group_name="training", kinds={"mlflow"})
+@retry_when_busy
 def drift_baseline(
     registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
 ) -> dg.MaterializeResult:
@@ -113,9 +114,9 @@ ONE_RUN_PER_BACKFILL = dg.BackfillPolicy.single_run()
     partitions_def=batches,
     group_name="monitoring",
     kinds={"pandas"},
-    retry_policy=WAREHOUSE_RETRY,
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
+@retry_when_busy
 def inference_batch(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]) -> dg.MaterializeResult:
     """One ingested batch of a customer's rows, as landed; labels may arrive for it later."""
     db = warehouse.get_warehouse()
@@ -248,10 +249,10 @@ def _failed_check(where: str, result: quality.QualityResult, suffix: str = "") -
     group_name="monitoring",
     kinds={"scikit-learn", "mlflow"},
     deps=[inference_batch],
-    retry_policy=WAREHOUSE_RETRY,
     automation_condition=FOLLOWS_ITS_BATCH,
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
+@retry_when_busy
 def batch_predictions(
     context: dg.AssetExecutionContext,
     config: BatchConfig,
@@ -308,10 +309,10 @@ def batch_predictions(
     group_name="monitoring",
     kinds={"scipy"},
     deps=[batch_predictions],
-    retry_policy=WAREHOUSE_RETRY,
     automation_condition=FOLLOWS_ITS_BATCH,
     backfill_policy=ONE_RUN_PER_BACKFILL,
 )
+@retry_when_busy
 def drift_report(
     context: dg.AssetExecutionContext,
     config: DriftReportConfig,

@@ -27,7 +27,7 @@ from retrain_platform import onboarding, profiling
 from retrain_platform.alerts import ONBOARDED, ONBOARDING_FAILED, Alert
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
-from retrain_platform.defs.training import WAREHOUSE_RETRY, WarehouseProvider
+from retrain_platform.defs.training import WarehouseProvider, retry_when_busy
 from retrain_platform.ingest import batch_partition_key
 from retrain_platform.registry import CHALLENGER, CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG
@@ -49,7 +49,8 @@ UNSUCCESSFUL = (BulkActionStatus.COMPLETED_FAILED, BulkActionStatus.FAILED, Bulk
 LOST_REQUEST_SECONDS = 180
 
 
-@dg.asset(partitions_def=customers, group_name=TRAINING_GROUP, kinds={"pandas"}, retry_policy=WAREHOUSE_RETRY)
+@dg.asset(partitions_def=customers, group_name=TRAINING_GROUP, kinds={"pandas"})
+@retry_when_busy
 def data_profile(
     context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]
 ) -> dg.MaterializeResult:

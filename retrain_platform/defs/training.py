@@ -1,11 +1,14 @@
 """Training: dataset, features, candidate models, evaluation report and the deployed model, per customer."""
 
 
+import functools
 import json
+import sqlite3
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pandas as pd
 import pydantic
@@ -46,7 +49,30 @@ CHAMPION_SERVES_AS_TRAINED = "champion_serves_as_trained"
 
 SEARCH_AUTO = "auto"
 
-WAREHOUSE_RETRY = dg.RetryPolicy(max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL)
+# A file another process holds (DuckDB's single writer, MLflow's sqlite) frees itself within seconds. Only
+# these are retried: a Dagster retry policy would also retry an interrupted step, so Ctrl-C or SIGTERM would
+# start the step again instead of stopping the run.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (duckdb.IOException, duckdb.TransactionException, sqlite3.OperationalError)
+try:
+    from snowflake.connector.errors import OperationalError as SnowflakeOperationalError
+
+    TRANSIENT_ERRORS += (SnowflakeOperationalError,)
+except ImportError:  # pragma: no cover - dagster-snowflake brings it
+    pass
+TRANSIENT_RETRIES = 2
+
+
+def retry_when_busy(compute):
+    """Run an asset's body again, up to twice, when it failed on a file or warehouse another process held."""
+
+    @functools.wraps(compute)
+    def body(*args, **kwargs):
+        try:
+            return compute(*args, **kwargs)
+        except TRANSIENT_ERRORS as error:
+            raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=2) from error
+
+    return body
 
 
 class WarehouseProvider(Protocol):
@@ -148,8 +174,8 @@ def _snapshot_window(landing: pd.DataFrame, spec: CustomerSpec) -> pd.DataFrame:
     partitions_def=customers,
     group_name="training",
     kinds={"python", "pandas"},
-    retry_policy=WAREHOUSE_RETRY,
 )
+@retry_when_busy
 def training_dataset(context: dg.AssetExecutionContext, warehouse: dg.ResourceParam[WarehouseProvider]):
     """The customer's labelled rows inside its training window, snapshotted in the warehouse.
 
@@ -251,8 +277,8 @@ def features_are_finite(features: FeatureSet) -> dg.AssetCheckResult:
     partitions_def=customers,
     group_name="training",
     kinds={"scikit-learn", "mlflow"},
-    retry_policy=WAREHOUSE_RETRY,
 )
+@retry_when_busy
 def candidate_models(
     context: dg.AssetExecutionContext, config: TrainingConfig, registry: MlflowRegistry, features: FeatureSet
 ) -> dg.Output[TrainedModels]:
@@ -364,8 +390,8 @@ def candidate_models(
     partitions_def=customers,
     group_name="training",
     kinds={"mlflow"},
-    retry_policy=WAREHOUSE_RETRY,
 )
+@retry_when_busy
 def evaluation_report(
     context: dg.AssetExecutionContext, registry: MlflowRegistry, features: FeatureSet, candidate_models: TrainedModels
 ) -> dg.Output[EvaluationReport]:
@@ -423,8 +449,8 @@ def evaluation_report(
     partitions_def=customers,
     group_name="training",
     kinds={"mlflow"},
-    retry_policy=WAREHOUSE_RETRY,
 )
+@retry_when_busy
 def deployed_model(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
