@@ -22,6 +22,8 @@ from retrain_platform.spec import CustomerSpec
 from retrain_platform.warehouse import Warehouse, quote
 
 PREDICTIONS_TABLE = "batch_predictions"
+# Where a batch's predictions are written chunk by chunk before they replace its stored ones (`score_batch`).
+SCORING_TABLE = "batch_predictions_scoring"
 DRIFT_TABLE = "drift_statistics"
 METRICS_TABLE = "batch_metrics"
 DRIFT_BATCHES_TABLE = "drift_batches"
@@ -97,7 +99,11 @@ def score_batch(
     """Score every row of a batch with each model (role -> (version, pipeline)) and replace the batch's
     stored predictions, so re-running a batch never duplicates them. `uncertain`, for a classifier, is given the
     serving model's class probabilities of every unlabelled row (the labelling queue's candidates)."""
-    warehouse.delete_where(PREDICTIONS_TABLE, {"customer": spec.customer, "batch_id": batch_id})
+    key = {"customer": spec.customer, "batch_id": batch_id}
+    # Chunks land in a scoring table and replace the batch's predictions in one swap at the end, so a run
+    # that dies half way leaves the batch's earlier predictions whole (and its own leftovers are cleared here).
+    warehouse.delete_where(SCORING_TABLE, key)
+    written = False
     rows = labelled = 0
     sums = {role: 0.0 for role in models}
     serving = serving_role(models)
@@ -129,7 +135,12 @@ def score_batch(
                 )
             )
         if parts:
-            warehouse.write(PREDICTIONS_TABLE, pd.concat(parts, ignore_index=True))
+            warehouse.write(SCORING_TABLE, pd.concat(parts, ignore_index=True))
+            written = True
+    if written:
+        warehouse.move_rows(SCORING_TABLE, PREDICTIONS_TABLE, key)
+    else:
+        warehouse.delete_where(PREDICTIONS_TABLE, key)
     return ScoredBatch(
         rows=rows,
         labelled_rows=labelled,
@@ -339,7 +350,7 @@ def batch_measured(warehouse: Warehouse, customer: str, batch_id: str, rows: int
 def forget_batch(warehouse: Warehouse, customer: str, batch_id: str) -> None:
     """Remove a batch's predictions, drift statistics and metrics, once its rows were replaced: they describe
     rows that are gone, and the sensors must not act on them while the new rows wait for their monitoring."""
-    for table in (PREDICTIONS_TABLE, DRIFT_TABLE, METRICS_TABLE, DRIFT_BATCHES_TABLE):
+    for table in (PREDICTIONS_TABLE, SCORING_TABLE, DRIFT_TABLE, METRICS_TABLE, DRIFT_BATCHES_TABLE):
         warehouse.delete_where(table, {"customer": customer, "batch_id": batch_id})
     labelling.forget_batch(warehouse, customer, batch_id)
 

@@ -94,6 +94,29 @@ class Warehouse:
         clauses = " and ".join(f"{quote(column)} = ?" for column in where)
         self.execute(f"delete from {quote(table)} where {clauses}", list(where.values()))
 
+    def move_rows(self, source: str, target: str, where: dict[str, Any]) -> None:
+        """Replace `target`'s rows matching `where` with `source`'s, and take them out of `source`, in one
+        transaction: a reader sees the old rows or the new ones, never a part (write-then-swap)."""
+        columns = ", ".join(quote(column) for column in self.columns(source))
+        # Outside the transaction: on Snowflake any DDL commits the transaction it runs in.
+        self.execute(f"create table if not exists {quote(target)} as select * from {quote(source)} where 1 = 0")
+        clauses, params = self._where(where)
+        statements = [
+            f"delete from {quote(target)} where {clauses}",
+            f"insert into {quote(target)} ({columns}) select {columns} from {quote(source)} where {clauses}",
+            f"delete from {quote(source)} where {clauses}",
+        ]
+        with self.connection() as conn:
+            cursor = conn.cursor()
+            cursor.execute("begin transaction" if self.dialect == "duckdb" else "begin")
+            try:
+                for sql in statements:
+                    cursor.execute(self._sql(sql, params), list(params))
+                cursor.execute("commit")
+            except Exception:
+                cursor.execute("rollback")
+                raise
+
     def table_exists(self, table: str) -> bool:
         if self.dialect == "duckdb":
             sql = "select count(*) from information_schema.tables where table_name = ?"

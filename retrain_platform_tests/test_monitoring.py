@@ -526,3 +526,35 @@ def test_a_challenger_that_differs_from_the_champion_scores_in_shadow(trained):
     assert set(metrics.loc[metrics["kind"] == "estimated", "model_role"]) == {"champion"}
     assert set(table(platform, monitoring.DRIFT_TABLE, "shadow")["model_version"]) == {champion}
     assert registry.alias_version(spec.model_name, CHAMPION) == champion
+
+
+def test_a_scoring_that_dies_half_way_leaves_the_batchs_predictions_whole(trained):
+    platform, spec, _ = trained
+    warehouse, registry = platform.warehouse, platform.registry
+    batch = fresh_batch(500, first_id=40_001, week=2, seed=11)
+    ingest(warehouse, spec, batch, "crash")
+    version = registry.alias_version(spec.model_name, CHAMPION)
+    pipeline = registry.load(spec.model_name, version)
+    monitoring.score_batch(warehouse, spec, "crash", {"champion": (version, pipeline)}, chunk_rows=100)
+    before = table(platform, monitoring.PREDICTIONS_TABLE, "crash").sort_values("row_id").reset_index(drop=True)
+
+    class DiesOnTheThirdChunk:
+        classes_ = pipeline.classes_
+        calls = 0
+
+        def predict_proba(self, frame):
+            DiesOnTheThirdChunk.calls += 1
+            if DiesOnTheThirdChunk.calls == 3:
+                raise MemoryError("the scoring process died")
+            return np.tile([0.9, 0.1], (len(frame), 1))
+
+    with pytest.raises(MemoryError):
+        monitoring.score_batch(warehouse, spec, "crash", {"champion": ("99", DiesOnTheThirdChunk())}, chunk_rows=100)
+
+    after = table(platform, monitoring.PREDICTIONS_TABLE, "crash").sort_values("row_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(after, before)  # not two chunks of version 99 mixed into version 1's rows
+    assert len(after) == 500 and set(after["model_version"]) == {str(version)}
+    # The next scoring clears what the dead one left in the scoring table, and swaps in whole.
+    monitoring.score_batch(warehouse, spec, "crash", {"champion": (version, pipeline)}, chunk_rows=100)
+    assert len(table(platform, monitoring.PREDICTIONS_TABLE, "crash")) == 500
+    assert warehouse.query(f"select count(*) as n from {monitoring.SCORING_TABLE}")["n"].iloc[0] == 0

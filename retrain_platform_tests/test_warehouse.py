@@ -89,6 +89,24 @@ def test_replace_where_replaces_only_that_customers_rows(warehouse):
     assert stored.loc[stored["customer"] == "globex", "account_id"].tolist() == [10, 11, 12]
 
 
+def test_moved_rows_replace_only_their_key_and_leave_the_source(warehouse):
+    warehouse.write(TABLE, accounts("acme", 1))
+    warehouse.write(TABLE, accounts("globex", 10))
+    warehouse.write("accounts_staging", accounts("acme", 100, rows=2))
+    warehouse.write("accounts_staging", accounts("initech", 200, rows=1))
+
+    warehouse.move_rows("accounts_staging", TABLE, {"customer": "acme"})
+
+    stored = read(warehouse)
+    assert stored.loc[stored["customer"] == "acme", "account_id"].tolist() == [100, 101]
+    assert stored.loc[stored["customer"] == "globex", "account_id"].tolist() == [10, 11, 12]
+    left = warehouse.query("select customer from accounts_staging")
+    assert left["customer"].tolist() == ["initech"]
+    # A target that does not exist yet is created with the source's columns.
+    warehouse.move_rows("accounts_staging", "accounts_new", {"customer": "initech"})
+    assert warehouse.query("select account_id from accounts_new")["account_id"].tolist() == [200]
+
+
 def test_rerunning_a_replace_does_not_duplicate(warehouse):
     for _ in range(3):
         warehouse.write(TABLE, accounts("acme", 1), replace_where={"customer": "acme"})
