@@ -449,6 +449,29 @@ class DifferenceInterval:
         }
 
 
+def _check_metric_and_confidence(task: Task, metric: str, confidence: float) -> None:
+    if metric not in metrics_for(task):
+        raise ValueError(f"{metric!r} is not a {task} metric: use one of {list(metrics_for(task))}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+
+
+def _class_indicator(task: Task, y_true: np.ndarray) -> np.ndarray | None:
+    """Rows x classes present (1.0 where a row is of that class); a resample's weights times it count each
+    class, so a resample that misses one is found. None for regression."""
+    return None if task == "regression" else (y_true[:, None] == np.unique(y_true)[None, :]).astype(float)
+
+
+def _percentile_interval(metric: str, point: float, differences: list[np.ndarray], confidence: float) -> DifferenceInterval:
+    difference = np.concatenate(differences)
+    difference = difference[~np.isnan(difference)]
+    if difference.size == 0:
+        return DifferenceInterval(metric, point, math.nan, math.nan, confidence, 0)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(difference, [tail, 1 - tail])
+    return DifferenceInterval(metric, point, float(low), float(high), confidence, int(difference.size))
+
+
 def paired_bootstrap_difference(
     task: Task,
     metric: str,
@@ -466,10 +489,7 @@ def paired_bootstrap_difference(
     in the holdout are skipped (the metric would change meaning); `rounds` on the result is how many
     were used. The interval is nan when no round is usable.
     """
-    if metric not in metrics_for(task):
-        raise ValueError(f"{metric!r} is not a {task} metric: use one of {list(metrics_for(task))}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_metric_and_confidence(task, metric, confidence)
     y_true = _check_inputs(task, y_true, champion_output)
     _check_inputs(task, y_true, challenger_output)
     n = len(y_true)
@@ -478,9 +498,7 @@ def paired_bootstrap_difference(
     everything = np.ones((1, n))
     point = float(improvement(metric, challenger_metric(everything), champion_metric(everything))[0])
 
-    holdout_classes = None
-    if task != "regression":
-        holdout_classes = (y_true[:, None] == np.unique(y_true)[None, :]).astype(float)
+    holdout_classes = _class_indicator(task, y_true)
     rng = np.random.default_rng(seed)
     chunk = max(1, min(rounds, MAX_WEIGHT_CELLS // n))
     differences = []
@@ -489,13 +507,7 @@ def paired_bootstrap_difference(
         if holdout_classes is not None:
             weights = weights[(weights @ holdout_classes > 0).all(axis=1)]
         differences.append(improvement(metric, challenger_metric(weights), champion_metric(weights)))
-    difference = np.concatenate(differences)
-    difference = difference[~np.isnan(difference)]
-    if difference.size == 0:
-        return DifferenceInterval(metric, point, math.nan, math.nan, confidence, 0)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(difference, [tail, 1 - tail])
-    return DifferenceInterval(metric, point, float(low), float(high), confidence, int(difference.size))
+    return _percentile_interval(metric, point, differences, confidence)
 
 
 def unpaired_bootstrap_difference(
@@ -516,15 +528,11 @@ def unpaired_bootstrap_difference(
     rounds in which either sample misses one of its own classes are skipped, and `rounds` on the result is
     how many were used. The interval is nan when no round is usable.
     """
-    if metric not in metrics_for(task):
-        raise ValueError(f"{metric!r} is not a {task} metric: use one of {list(metrics_for(task))}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    _check_metric_and_confidence(task, metric, confidence)
     arms = []
     for y_true, output in ((champion_y, champion_output), (challenger_y, challenger_output)):
         y_true = _check_inputs(task, y_true, output)
-        classes = None if task == "regression" else (y_true[:, None] == np.unique(y_true)[None, :]).astype(float)
-        arms.append((len(y_true), _metric_on_weights(task, metric, y_true, output), classes))
+        arms.append((len(y_true), _metric_on_weights(task, metric, y_true, output), _class_indicator(task, y_true)))
     (n_champion, champion_metric, champion_classes), (n_challenger, challenger_metric, challenger_classes) = arms
     everything = np.ones((1, n_champion)), np.ones((1, n_challenger))
     point = float(improvement(metric, challenger_metric(everything[1]), champion_metric(everything[0]))[0])
@@ -542,13 +550,7 @@ def unpaired_bootstrap_difference(
             usable &= (challenger_weights @ challenger_classes > 0).all(axis=1)
         challenger_values = challenger_metric(challenger_weights[usable])
         differences.append(improvement(metric, challenger_values, champion_metric(champion_weights[usable])))
-    difference = np.concatenate(differences)
-    difference = difference[~np.isnan(difference)]
-    if difference.size == 0:
-        return DifferenceInterval(metric, point, math.nan, math.nan, confidence, 0)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(difference, [tail, 1 - tail])
-    return DifferenceInterval(metric, point, float(low), float(high), confidence, int(difference.size))
+    return _percentile_interval(metric, point, differences, confidence)
 
 
 @dataclass(frozen=True)
