@@ -485,9 +485,9 @@ def test_approve_mode_waits_for_a_person_then_promotes(platform, approver):
 @pytest.mark.slow
 def test_a_failed_run_raises_an_alert(platform, approver):
     spec, _ = approver
-    # Nothing waits any more (or ever, once approved): approving again fails the run.
+    # No such version, whichever test of this module ran before: the approval run fails.
     failed = defs.resolve_job_def("approve_model").execute_in_process(
-        run_config={"ops": {"approve_challenger": {"config": {"customer": APPROVER}}}, **QUIET},
+        run_config={"ops": {"approve_challenger": {"config": {"customer": APPROVER, "version": "999"}}}, **QUIET},
         instance=platform.instance, resources=resources_at(platform, T0 + timedelta(hours=4)), raise_on_error=False,
         tags={CUSTOMER_TAG: APPROVER},
     )  # fmt: skip
