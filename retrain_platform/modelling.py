@@ -323,17 +323,38 @@ def train_candidates(features: FeatureSet, settings: SearchSettings | None = Non
     candidates = list(tuned.values())
     winner = best_candidate(candidates)
 
-    rows = int(round(len(X) * winner.window_share))
-    model = clone(families[winner.family][0]).set_params(**winner.best_params).fit(X[-rows:], y[-rows:])
-    served = Pipeline([("preprocess", FrozenEstimator(features.preprocessor)), ("model", model)])
     threshold = None
     if spec.task == "binary" and winner.family in fitted:
         threshold = tune_threshold(fitted[winner.family], check_X, check_y, spec.decision)
-        if threshold is not None:
-            served = FixedThresholdClassifier(FrozenEstimator(served), threshold=threshold).fit(
-                features.X_train.head(2), features.y_train.head(2)
-            )
-    return Training(candidates, winner, served, train_rows=rows, validation_rows=validation_rows, threshold=threshold)
+    model, rows = _fit_winner(features, winner, X, y, threshold, settings.seed)
+    return Training(candidates, winner, model, train_rows=rows, validation_rows=validation_rows, threshold=threshold)
+
+
+def refit_with_holdout(features: FeatureSet, training: Training, seed: int = 0) -> tuple[Any, int]:
+    """The winner as chosen (family, hyper-parameters, window share, decision threshold), refit on its window
+    of the training *and* holdout rows: the model that serves has seen the latest labelled rows.
+
+    The comparison with the champion keeps using `training.model`, which never saw the holdout; this one is
+    what the registry serves. The preprocessing stays the one fitted on the training rows, so the drift
+    baseline and the holdout comparison describe the same inputs. Returns the model and its row count."""
+    both = pd.concat([features.train, features.holdout], ignore_index=True)
+    X = features.transform(both)
+    y = both[features.spec.label_column].to_numpy()
+    return _fit_winner(features, training.winner, X, y, training.threshold, seed)
+
+
+def _fit_winner(
+    features: FeatureSet, winner: Candidate, X: np.ndarray, y: np.ndarray, threshold: float | None, seed: int
+) -> tuple[Any, int]:
+    families = candidate_families(features.spec.task, seed)
+    rows = int(round(len(X) * winner.window_share))
+    model = clone(families[winner.family][0]).set_params(**winner.best_params).fit(X[-rows:], y[-rows:])
+    served = Pipeline([("preprocess", FrozenEstimator(features.preprocessor)), ("model", model)])
+    if threshold is not None:
+        served = FixedThresholdClassifier(FrozenEstimator(served), threshold=threshold).fit(
+            features.X_train.head(2), features.y_train.head(2)
+        )
+    return served, rows
 
 
 def reusable_params(recent: list[dict[str, str]], train_rows: int, full_search_every: int) -> dict[str, dict] | None:

@@ -26,10 +26,13 @@ ROWS_TAG = "retrain.train_rows"
 FAMILY_TAG = "retrain.family"
 # On a registered version: the cut-off at which a binary model predicts the positive class.
 THRESHOLD_TAG = "decision_threshold"
+# On a registered version: the URI of the same model trained without the holdout rows. The version itself is
+# refit on them to serve; later challengers are compared with this twin, which never saw any holdout.
+EVALUATED_MODEL_TAG = "retrain.evaluated_model"
 
 
-# Loaded pipelines by (registry, model, version), oldest first.
-_LOADED_VERSIONS: dict[tuple[str, str, str], Any] = {}
+# Loaded pipelines by (registry, model URI), oldest first.
+_LOADED_VERSIONS: dict[tuple[str, str], Any] = {}
 MAX_LOADED_VERSIONS = 8
 
 
@@ -41,6 +44,7 @@ class RegistryError(RuntimeError):
 class LoggedModel:
     run_id: str
     model_uri: str | None
+    evaluated_model_uri: str | None = None
 
 
 class ModelRegistry:
@@ -124,12 +128,24 @@ class ModelRegistry:
         metrics: dict[str, float],
         input_example: Any,
         tags: dict[str, str],
+        evaluated_pipeline: Any | None = None,
     ) -> LoggedModel:
         """Log one candidate as a nested run: params, metrics and, when given, the whole fitted pipeline
-        (a candidate that lost is a record of its scores; only the winner is refit and kept as a model)."""
+        (a candidate that lost is a record of its scores; only the winner is refit and kept as a model), and
+        the winner's twin trained without the holdout (`evaluated_pipeline`)."""
         import cloudpickle
-        import mlflow.sklearn
         import sklearn
+        from mlflow import sklearn as mlflow_sklearn
+
+        def log_model(model: Any, name: str) -> str:
+            return mlflow_sklearn.log_model(
+                model,
+                name=name,
+                serialization_format="cloudpickle",
+                # Explicit requirements skip MLflow's inference, which imports the model in a subprocess.
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"cloudpickle=={cloudpickle.__version__}"],
+                signature=_signature(model, input_example),
+            ).model_uri
 
         mlflow = self._activate()
         parent = mlflow.active_run()
@@ -139,15 +155,8 @@ class ModelRegistry:
             mlflow.log_metrics({key: float(value) for key, value in metrics.items() if value == value})
             if pipeline is None:
                 return LoggedModel(run_id=run.info.run_id, model_uri=None)
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name="model",
-                serialization_format="cloudpickle",
-                # Explicit requirements skip MLflow's inference, which imports the model in a subprocess.
-                pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"cloudpickle=={cloudpickle.__version__}"],
-                signature=_signature(pipeline, input_example),
-            )
-            return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
+            evaluated_uri = log_model(evaluated_pipeline, "evaluated-model") if evaluated_pipeline is not None else None
+            return LoggedModel(run_id=run.info.run_id, model_uri=log_model(pipeline, "model"), evaluated_model_uri=evaluated_uri)
 
     def register(self, model_name: str, logged: LoggedModel, tags: dict[str, str] | None = None) -> str:
         client = self.client
@@ -160,8 +169,11 @@ class ModelRegistry:
         # MLflow 3 resolves a `models:/m-...` source through the process-wide tracking URI, whichever
         # registry set it last: a process with two homes (a server, the tests) must point it here first.
         self._activate()
+        # A logged model's URI is `models:/<model id>`. A tracking server refuses that source without the id
+        # (a sqlite store works it out itself).
+        model_id = logged.model_uri.removeprefix("models:/") if logged.model_uri.startswith("models:/") else None
         version = client.create_model_version(
-            model_name, source=logged.model_uri, run_id=logged.run_id, tags=tags or {}
+            model_name, source=logged.model_uri, run_id=logged.run_id, tags=tags or {}, model_id=model_id
         )
         return str(version.version)
 
@@ -198,13 +210,28 @@ class ModelRegistry:
 
         self._activate()
         if str(reference).isdigit():
-            key = (self.registry_uri, model_name, str(reference))
-            if key not in _LOADED_VERSIONS:
-                _LOADED_VERSIONS[key] = mlflow.sklearn.load_model(f"models:/{model_name}/{reference}")
-                while len(_LOADED_VERSIONS) > MAX_LOADED_VERSIONS:
-                    _LOADED_VERSIONS.pop(next(iter(_LOADED_VERSIONS)))
-            return _LOADED_VERSIONS[key]
+            return self._load_once(f"models:/{model_name}/{reference}")
         return mlflow.sklearn.load_model(f"models:/{model_name}@{reference}")
+
+    def _load_once(self, uri: str) -> Any:
+        """Load a model URI that never changes, keeping the last few loaded."""
+        import mlflow.sklearn
+
+        key = (str(self.registry_uri), uri)
+        if key not in _LOADED_VERSIONS:
+            _LOADED_VERSIONS[key] = mlflow.sklearn.load_model(uri)
+            while len(_LOADED_VERSIONS) > MAX_LOADED_VERSIONS:
+                _LOADED_VERSIONS.pop(next(iter(_LOADED_VERSIONS)))
+        return _LOADED_VERSIONS[key]
+
+    def load_evaluated(self, model_name: str, version: str) -> Any:
+        """The version as it was judged: its twin trained without its holdout rows when it has one (see
+        `EVALUATED_MODEL_TAG`), else the version itself."""
+        uri = self.version_tags(model_name, version).get(EVALUATED_MODEL_TAG)
+        if not uri:
+            return self.load(model_name, version)
+        self._activate()
+        return self._load_once(uri)
 
     def promote(self, model_name: str, version: str) -> str | None:
         """Make `version` the champion; the one it replaces becomes `previous-champion`."""

@@ -24,7 +24,9 @@ from retrain_platform.modelling import (
     decision_threshold,
     feature_importance,
     make_features,
+    refit_with_holdout,
     reusable_params,
+    served_estimator,
     time_split,
     train_candidates,
     tune_threshold,
@@ -265,6 +267,25 @@ def test_the_binary_model_predicts_at_its_own_threshold(benchmark):
     scores = model.predict_proba(holdout)[:, 1]
     assert roc_auc_score(features.y_holdout, scores) > 0.7
     np.testing.assert_array_equal(model.predict(holdout), (scores >= training.threshold).astype(int))
+
+
+def test_the_served_model_is_the_winner_refit_with_the_holdout_rows(benchmark):
+    """Same family, hyper-parameters, window share and threshold as the judged model, fit on the latest
+    labelled rows too; the preprocessing is still the one fitted on the training rows."""
+    features, training = benchmark
+    served, rows = refit_with_holdout(features, training)
+    window = training.winner.window_share
+    assert rows == int(round((len(features.train) + len(features.holdout)) * window))
+    assert rows > training.train_rows
+    judged_model, served_model = served_estimator(training.model), served_estimator(served)
+    assert type(served_model) is type(judged_model)
+    assert served_model.get_params() == judged_model.get_params()
+    assert decision_threshold(served) == training.threshold
+    assert served.estimator.estimator.named_steps["preprocess"].estimator is features.preprocessor
+    # It has learnt from the holdout: it ranks those rows better than the model that never saw them.
+    holdout, y = features.X_holdout, features.y_holdout
+    judged_auc = roc_auc_score(y, training.model.predict_proba(holdout)[:, 1])
+    assert roc_auc_score(y, served.predict_proba(holdout)[:, 1]) > judged_auc
 
 
 def test_the_threshold_serves_the_objective_on_the_validation_rows():

@@ -85,15 +85,18 @@ def status_of(platform, customer: str) -> dict:
     return rows[0]
 
 
-def served_holdout_metric(platform, spec) -> float:
-    """The champion loaded from the registry, scored independently (sklearn) on the snapshot's latest rows."""
+def served_holdout_metric(platform, spec, judged: bool = True) -> float:
+    """The champion loaded from the registry, scored independently (sklearn) on the snapshot's latest rows:
+    as it was judged (its twin trained without those rows, by default), or as it serves (refit on them)."""
     snapshot = platform.warehouse.query(
         f"select * from {quote(snapshot_table(spec.customer))} where customer = ?", [spec.customer]
     )
     snapshot[spec.timestamp_column] = pd.to_datetime(snapshot[spec.timestamp_column])
     ordered = snapshot.sort_values(spec.timestamp_column, kind="stable").reset_index(drop=True)
     holdout = ordered.iloc[int(round(len(ordered) * (1 - spec.holdout_fraction))) :]
-    model = platform.registry.load(spec.model_name, CHAMPION)
+    champion = platform.registry.alias_version(spec.model_name, CHAMPION)
+    registry = platform.registry
+    model = registry.load_evaluated(spec.model_name, champion) if judged else registry.load(spec.model_name, champion)
     X, y = holdout[spec.feature_names], holdout[spec.label_column].to_numpy()
     if spec.task == "regression":
         assert spec.primary_metric == "rmse"
@@ -252,6 +255,10 @@ def test_first_training_runs_the_whole_chain_and_promotes_version_1(streaming, f
     assert status["last_verdict"] == "PROMOTE"
     assert status["promotions"] == 1
     assert served_holdout_metric(platform, spec) == pytest.approx(holdout_metric, abs=1e-9)
+    # The version that serves was refit with the holdout rows: it has learnt from them, so it scores them
+    # better than its twin that was judged without them.
+    assert served_holdout_metric(platform, spec, judged=False) > holdout_metric
+    assert "serves refit on" in ledger.history(platform.warehouse, spec.customer)["reasons"].iloc[-1]
 
 
 @pytest.mark.slow

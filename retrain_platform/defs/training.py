@@ -24,12 +24,14 @@ from retrain_platform.modelling import (
     SearchSettings,
     content_hash,
     make_features,
+    refit_with_holdout,
     reusable_params,
     train_candidates,
 )
 from retrain_platform.registry import (
     CHALLENGER,
     CHAMPION,
+    EVALUATED_MODEL_TAG,
     FAMILY_TAG,
     FULL_SEARCH,
     PARAMS_TAG,
@@ -119,6 +121,14 @@ class TrainedModels:
     window: str = "all"
     train_rows: int = 0
     threshold: float | None = None
+    # The same model trained without the holdout rows: what the evaluation judges. `pipeline` is refit
+    # on the holdout too, and serves.
+    evaluated_pipeline: Any = None
+    served_rows: int = 0
+
+    @property
+    def judged_pipeline(self) -> Any:
+        return self.evaluated_pipeline if self.evaluated_pipeline is not None else self.pipeline
 
 
 @dataclass
@@ -313,6 +323,7 @@ def candidate_models(
     )
     training = train_candidates(features, settings)
     best = training.winner
+    served, served_rows = refit_with_holdout(features, training, settings.seed)
     searched = REFIT if known else FULL_SEARCH
     trigger = run_trigger(context, config)
     tags = {"dagster_run_id": context.run_id, "customer": spec.customer, "trigger": trigger}
@@ -329,7 +340,7 @@ def candidate_models(
             winner = candidate is best
             logged[candidate.family] = models.log_candidate(
                 candidate.family,
-                training.model if winner else None,
+                served if winner else None,
                 params={"family": candidate.family, "window": candidate.window, **candidate.best_params},
                 metrics={
                     f"cv_{spec.primary_metric}": abs(candidate.cv_score),
@@ -339,8 +350,15 @@ def candidate_models(
                 },
                 input_example=features.X_holdout.head(5),
                 tags={**tags, "family": candidate.family},
+                evaluated_pipeline=training.model if winner else None,
             )
-    version_tags = {**tags, "family": best.family, "window": best.window, SEARCH_TAG: searched}
+    version_tags = {
+        **tags,
+        "family": best.family,
+        "window": best.window,
+        SEARCH_TAG: searched,
+        EVALUATED_MODEL_TAG: logged[best.family].evaluated_model_uri,
+    }
     if training.threshold is not None:
         version_tags[THRESHOLD_TAG] = f"{training.threshold:.6g}"
     version = models.register(spec.model_name, logged[best.family], tags=version_tags)
@@ -366,16 +384,19 @@ def candidate_models(
         challenger_version=version,
         challenger_run_id=logged[best.family].run_id,
         challenger_family=best.family,
-        pipeline=training.model,
+        pipeline=served,
         leaderboard=leaderboard,
         window=best.window,
         train_rows=training.train_rows,
         threshold=training.threshold,
+        evaluated_pipeline=training.model,
+        served_rows=served_rows,
     )
     metadata = {
         "challenger_version": version,
         "challenger_family": best.family,
         "training_window": f"{best.window} ({training.train_rows:,} rows)",
+        "served_model": f"refit on {served_rows:,} rows of its window, the holdout included",
         "hyper_parameters": "searched" if searched == FULL_SEARCH else "reused from the last search",
         f"validation_{spec.primary_metric}": dg.MetadataValue.float(abs(best.validation_score)),
         "leaderboard": dg.MetadataValue.md(leaderboard.to_markdown(index=False)),
@@ -400,10 +421,12 @@ def evaluation_report(
     spec = features.spec
     models = registry.get_registry()
     champion_version = models.alias_version(spec.model_name, CHAMPION)
-    challenger_output = ModelOutput.from_estimator(candidate_models.pipeline, features.X_holdout, spec.task)
+    # Both sides as trained before their holdout: the challenger's twin that never saw this holdout, and
+    # the champion's (a served champion was refit on its own holdout, which may overlap this one).
+    challenger_output = ModelOutput.from_estimator(candidate_models.judged_pipeline, features.X_holdout, spec.task)
     champion_output = None
     if champion_version is not None and champion_version != candidate_models.challenger_version:
-        champion = models.load(spec.model_name, champion_version)
+        champion = models.load_evaluated(spec.model_name, champion_version)
         champion_output = ModelOutput.from_estimator(champion, features.X_holdout, spec.task)
     report = evaluate(
         task=spec.task,
@@ -483,6 +506,8 @@ def deployed_model(
     after = models.alias_version(spec.model_name, CHAMPION)
 
     trained = f"{candidate_models.challenger_family} on {candidate_models.window} ({candidate_models.train_rows:,} rows)"
+    if candidate_models.served_rows:
+        trained += f", serves refit on {candidate_models.served_rows:,} rows with the holdout"
     if candidate_models.threshold is not None:
         trained += f", threshold {candidate_models.threshold:.3f}"
     gates = [f"{g.name}: {'pass' if g.passed else 'fail'} ({g.reason})" for g in evaluation_report.verdict.gates]
