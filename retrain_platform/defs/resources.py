@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -17,6 +18,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from dagster_snowflake import SnowflakeResource
 from pydantic import Field
+from upath import UPath
 
 from retrain_platform import alerts, settings
 from retrain_platform.registry import ModelRegistry
@@ -113,6 +115,37 @@ class AlertChannel(dg.ConfigurableResource):
         return alerts.record(warehouse, alert, self.webhook_url, self.timeout_seconds, log)
 
 
+class PickledUPathIOManager(dg.UPathIOManager):
+    """Each asset value pickled at `<base path>/<asset key>/<partition>`, on any fsspec filesystem."""
+
+    # No extension: the layout of Dagster's default filesystem IO manager, which the embedded set-up uses.
+    extension = ""
+
+    def dump_to_path(self, context: dg.OutputContext, obj, path: UPath) -> None:
+        with path.open("wb") as file:
+            pickle.dump(obj, file, pickle.HIGHEST_PROTOCOL)
+
+    def load_from_path(self, context: dg.InputContext, path: UPath):
+        with path.open("rb") as file:
+            return pickle.load(file)
+
+
+class SharedIOManager(dg.ConfigurableIOManagerFactory):
+    """Where intermediate asset values (features, candidate models, evaluation report, deployment) travel
+    between steps and between runs, when the runs do not share a disk.
+
+    Re-executing a run from its failed step, or materializing `evaluation_report` or `deployed_model` alone,
+    loads the inputs an earlier run stored; on Kubernetes or in per-run containers that run's disk went with
+    its pod. So production keeps them under one base path every run worker reaches: object storage
+    (`s3://`, with the `production` extra) or a folder on a volume they all mount.
+    """
+
+    base_path: str = Field(description="Folder or fsspec URL, e.g. s3://bucket/retrain-io or /var/retrain-io")
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> PickledUPathIOManager:
+        return PickledUPathIOManager(base_path=UPath(self.base_path))
+
+
 def local_resources(home: settings.Home, clock: Clock | None = None) -> dict:
     return {
         "warehouse": DuckDBWarehouse(database=str(home.warehouse_path)),
@@ -140,6 +173,7 @@ def production_resources() -> dict:
         ),
         "clock": Clock(),
         "alerts": AlertChannel(webhook_url=_optional_env(settings.ALERT_WEBHOOK_ENV)),
+        "io_manager": SharedIOManager(base_path=dg.EnvVar(settings.IO_BASE_PATH_ENV)),
     }
 
 
