@@ -73,6 +73,7 @@ CHART_KEYS = {
     "postgresql.postgresqlHost",
     "postgresql.postgresqlUsername",
     "postgresql.postgresqlDatabase",
+    "postgresql.postgresqlScheme",
     "postgresql.postgresqlParams",
     "postgresql.postgresqlScheme",
     "postgresql.service.port",
@@ -124,7 +125,9 @@ def test_instance_keeps_runs_events_and_schedules_in_postgres_from_the_environme
     assert set(storage) == {"postgres"}, "one Postgres database for runs, event logs and schedules"
     database = storage["postgres"]["postgres_db"]
     assert database["password"] == {"env": "DAGSTER_PG_PASSWORD"}, "the password comes from the environment"
-    assert all(isinstance(value, dict) and set(value) == {"env"} for value in database.values())
+    fields = dict(database)
+    assert fields.pop("scheme") == "postgresql+psycopg2", "the driver dagster-postgres installs"
+    assert all(isinstance(value, dict) and set(value) == {"env"} for value in fields.values())
 
     resolved = process_config(pg_config(), storage["postgres"])
     assert resolved.success, resolved.errors
@@ -135,7 +138,7 @@ def test_instance_keeps_runs_events_and_schedules_in_postgres_from_the_environme
         "password": "not-a-real-password",
         "db_name": "dagster",
         "params": {},
-        "scheme": "postgresql",
+        "scheme": "postgresql+psycopg2",
     }
 
 
