@@ -841,6 +841,16 @@ def decide(
         if gates[0].passed:
             return Verdict(PROMOTE, gates, "first model for this customer, and it meets the floor")
         return Verdict(REJECT, gates, "first model for this customer, and it misses the floor")
+    champion_floor = _floor_gate(primary_metric, champion_metrics[primary_metric], thresholds.floor)
+    if not gates[0].passed and not champion_floor.passed and math.isfinite(challenger_metrics[primary_metric]):
+        # Keeping the champion does not keep the floor when it misses it too on these rows (after a concept
+        # change, say): rejecting would keep serving the worse model, so the comparison decides.
+        gates[0] = Gate(
+            FLOOR_GATE,
+            True,
+            f"{gates[0].reason}, but the champion misses it too ({champion_floor.reason}): the comparison decides",
+            on_fail=REJECT,
+        )
     if difference_interval is None:
         raise ValueError("comparing with a champion needs the bootstrap interval of the difference")
     gates += [

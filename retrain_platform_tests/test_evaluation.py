@@ -272,6 +272,29 @@ def test_clearly_better_challenger_is_promoted():
     assert report.difference.low > 0.1
 
 
+def test_under_the_floor_a_clearly_better_challenger_replaces_a_champion_under_it_too():
+    """After a concept change both models can miss the floor on the latest rows: rejecting the better one
+    would keep serving the worse. The comparison decides, and the report says why the floor did not."""
+    y, rng = binary_holdout(2000)
+    challenger, champion = binary_model(y, 0.5, rng), binary_model(y, 0.1, rng)
+    auc_challenger, auc_champion = roc_auc_score(y, challenger.proba[:, 1]), roc_auc_score(y, champion.proba[:, 1])
+    floor = auc_challenger + 0.05
+    report = evaluate("binary", "roc_auc", y, challenger, champion, PromotionThresholds(floor=floor))
+    assert report.decision == "PROMOTE", report.to_markdown()
+    floor_gate = gate(report, FLOOR_GATE)
+    assert floor_gate.passed
+    assert floor_gate.reason == (
+        f"roc_auc {auc_challenger:.4f} < floor {floor:.4f}, but the champion misses it too "
+        f"(roc_auc {auc_champion:.4f} < floor {floor:.4f}): the comparison decides"
+    )
+    # Under the floor and no better than the champion: the other gates still hold or reject it.
+    same = evaluate("binary", "roc_auc", y, champion, challenger, PromotionThresholds(floor=floor))
+    assert same.decision == "REJECT" and gate(same, FLOOR_GATE).passed
+    # A champion that meets the floor is never replaced by one that misses it, however the two compare.
+    kept = evaluate("binary", "roc_auc", y, champion, challenger, PromotionThresholds(floor=auc_challenger - 0.01))
+    assert kept.decision == "REJECT" and not gate(kept, FLOOR_GATE).passed
+
+
 def test_clearly_worse_challenger_is_rejected():
     y, rng = binary_holdout(2000)
     report = evaluate("binary", "roc_auc", y, binary_model(y, 0.8, rng), binary_model(y, 2.0, rng))
