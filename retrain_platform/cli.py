@@ -422,9 +422,20 @@ def cmd_onboard(args) -> int:
     )
     # Onboardings started together on one home would race to create its stores and to write the warehouse.
     with exclusive(home.root / "logs" / "onboard.lock"), _runner() as runner:
-        registration = runner.register_onboarding(request, Path(args.source))
-    _print_registration(registration)
-    customer = registration.prepared.spec.customer
+        ongoing = onboarding.status(runner.warehouse, args.customer) if args.wait else None
+        if ongoing is not None and ongoing["status"] in onboarding.IN_PROGRESS:
+            # A `--wait` that was interrupted re-attaches: the backfills went on, or go on with this daemon.
+            requested_at = ongoing["requested_at"]
+            print(
+                f"{args.customer}: already being onboarded ({ongoing['status']}, requested {requested_at:%Y-%m-%d %H:%M}); "
+                "waiting for it with the source and options given then",
+                flush=True,
+            )
+        else:
+            registration = runner.register_onboarding(request, Path(args.source))
+            requested_at = registration.requested_at
+            _print_registration(registration)
+    customer = args.customer
     if not args.wait:
         if not daemon_running():
             print(
@@ -444,7 +455,7 @@ def cmd_onboard(args) -> int:
         try:
             state = wait_for_onboarding(
                 home,
-                onboarding_id(customer, registration.requested_at),
+                onboarding_id(customer, requested_at),
                 recorded,
                 timeout_seconds=args.timeout,
                 on_progress=lambda line: print(f"  {line}", flush=True),

@@ -3,6 +3,7 @@ when that one was killed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -127,8 +128,17 @@ def test_killing_onboard_wait_leaves_no_daemon_running(home, tmp_path, signum):
         assert not pid_path.exists()
         assert not daemon_running(), "its heartbeats are wiped, so the next command starts a daemon at once"
 
-        again = cli(*onboard, "--wait", home=home.root, cwd=tmp_path)
+        again = cli(*onboard, home=home.root, cwd=tmp_path)
         assert_one_line_error(again, "already being onboarded", "dagster dev")
+        if signum == signal.SIGKILL:
+            # `--wait` again re-attaches to the onboarding in progress and waits for it to the end.
+            resumed = cli(*onboard, "--wait", home=home.root, cwd=tmp_path, timeout=900)
+            assert resumed.returncode == 0, resumed.stderr
+            assert "acme: already being onboarded (" in resumed.stdout
+            assert "waiting for it with the source and options given then" in resumed.stdout
+            status = json.loads(cli("status", "--json", home=home.root, cwd=tmp_path).stdout)
+            assert [row["onboarding"] for row in status if row["customer"] == "acme"] == ["ready"]
+            assert not pid_path.exists(), "the re-attached wait stopped the daemon it started"
     finally:
         if command.poll() is None:
             command.kill()
