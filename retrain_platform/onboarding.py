@@ -313,9 +313,10 @@ def check_customer_free(warehouse: Warehouse, customer: str, reuse: bool) -> Non
         )
 
 
-def load_history(warehouse: Warehouse, prepared: PreparedHistory, now: datetime) -> str | None:
-    """Write the history as the customer's landing table and save its spec. A landing table left by an
-    earlier onboarding of the same id is renamed, not dropped; its new name is returned."""
+def load_history(warehouse: Warehouse, prepared: PreparedHistory, now: datetime, save_spec: bool = True) -> str | None:
+    """Write the history as the customer's landing table and save its spec (unless `save_spec` is false: the
+    caller saves it once the rest of the registration is done). A landing table left by an earlier onboarding
+    of the same id is renamed, not dropped; its new name is returned."""
     spec = prepared.spec
     table = spec.landing_table
     for other in customer_store.list_specs(warehouse):
@@ -326,7 +327,8 @@ def load_history(warehouse: Warehouse, prepared: PreparedHistory, now: datetime)
         archived = f"{table}__until_{now:%Y%m%d%H%M%S}"
         warehouse.execute(f"alter table {quote(table)} rename to {quote(archived)}")
     warehouse.write(table, prepared.history)
-    customer_store.save_spec(warehouse, spec)
+    if save_spec:
+        customer_store.save_spec(warehouse, spec)
     return archived
 
 
@@ -367,7 +369,7 @@ def record(warehouse: Warehouse, customer: str, state: str, now: datetime, **fie
 def status(warehouse: Warehouse, customer: str) -> dict | None:
     if not warehouse.table_exists(ONBOARDING_TABLE):
         return None
-    rows = warehouse.query(f"select * from {quote(ONBOARDING_TABLE)} where customer = ?", [customer])
+    rows = warehouse.query(f'select * from {quote(ONBOARDING_TABLE)} where "customer" = ?', [customer])
     if rows.empty:
         return None
     return {k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in rows.iloc[0].to_dict().items()}

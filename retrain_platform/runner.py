@@ -405,8 +405,11 @@ class Runner:
                     "task; onboard the new data under a new customer id"
                 )
         now = onboarding.utc_now()
-        archived = onboarding.load_history(self.warehouse, prepared, now)
+        # The spec is saved last, next to the record: a customer with a spec and no record counts as onboarded,
+        # so a registration killed before it recorded anything must leave no spec (its rerun archives the table).
+        archived = onboarding.load_history(self.warehouse, prepared, now, save_spec=False)
         add_customer_partitions(self.instance, spec.customer, prepared.batch_ids)
+        customer_store.save_spec(self.warehouse, spec)
         onboarding.record(
             self.warehouse,
             spec.customer,

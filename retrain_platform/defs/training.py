@@ -295,8 +295,8 @@ def candidate_models(
     """Several model families, each tuned by a hyper-parameter search under time-series cross-validation
     (or, between full searches, refit with the hyper-parameters found last), each trained on the history
     window (all, last half, last quarter) that predicts the latest training rows best. The winner, with its
-    decision threshold, is registered as a new version with the alias `challenger`; every candidate is an
-    MLflow run."""
+    decision threshold, is registered as a new version (which `deployed_model` names `challenger` once its
+    decision is in the ledger); every candidate is an MLflow run."""
     spec = features.spec
     models = registry.get_registry()
 
@@ -362,7 +362,6 @@ def candidate_models(
     if training.threshold is not None:
         version_tags[THRESHOLD_TAG] = f"{training.threshold:.6g}"
     version = models.register(spec.model_name, logged[best.family], tags=version_tags)
-    models.set_alias(spec.model_name, CHALLENGER, version)
 
     leaderboard = pd.DataFrame(
         [
@@ -485,7 +484,8 @@ def deployed_model(
     evaluation_report: EvaluationReport,
 ) -> dg.Output[Deployment]:
     """Applies the verdict: PROMOTE moves the `champion` alias (the replaced version stays one step away as
-    `previous-champion`). Every decision, promotion or not, is appended to the model ledger."""
+    `previous-champion`). Every decision, promotion or not, is appended to the model ledger; then the trained
+    version becomes the `challenger`."""
     spec = features.spec
     models = registry.get_registry()
     db = warehouse.get_warehouse()
@@ -530,6 +530,9 @@ def deployed_model(
             recorded_at=clock.now(),
         ),
     )
+    # Only now, with its evaluation and ledger row: a training killed before this leaves no challenger that
+    # serving's canary would route rows to, or `canary --promote` could promote.
+    models.set_alias(spec.model_name, CHALLENGER, challenger)
 
     sample = features.X_holdout.head(200)
     expected = None
