@@ -383,10 +383,16 @@ def _category_counts(series: pd.Series) -> tuple[pd.Series, int]:
     counts = series.value_counts(dropna=True, sort=False)
     counts = counts[counts > 0]
     n_missing = len(series) - int(counts.sum())
+    return labelled_counts(counts), n_missing
+
+
+def labelled_counts(counts: pd.Series) -> pd.Series:
+    """Counts per raw value (a `value_counts`, or a warehouse's GROUP BY) as counts per category label: the
+    values 1, 1.0 and "1" are one category."""
     labelled = pd.Series(counts.to_numpy(dtype=np.int64), index=_category_labels(counts.index))
     if labelled.index.has_duplicates:
         labelled = labelled.groupby(level=0, sort=False).sum()
-    return labelled, n_missing
+    return labelled
 
 
 def _bin_sorted(sorted_values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

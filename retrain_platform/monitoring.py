@@ -260,6 +260,87 @@ def measure_batch(
     )
 
 
+# ------------------------------------------------------------------------------ counts the warehouse makes
+
+# A double at or beyond this magnitude rounds to infinity as a float32, which the drift counters count as missing.
+_FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
+
+
+def _float32_floor(edge: float) -> tuple[float, bool]:
+    """Which doubles round to a float32 at or above the float32 `edge`: those above the midpoint between the
+    edge and the float32 below it, and the midpoint itself when a tie rounds to the edge (an even mantissa).
+    The drift counters compare values rounded to float32 (`drift._as_float32`) with float32 edges; Snowflake
+    has no float32, so the warehouse compares the doubles with these thresholds instead, with the same result."""
+    upper = np.float32(edge)
+    lower = np.nextafter(upper, np.float32(-np.inf))
+    midpoint = (float(lower) + float(upper)) / 2  # exact: both are float32, so their mean fits in a double
+    return midpoint, int(upper.view(np.uint32)) % 2 == 0
+
+
+@dataclass(frozen=True)
+class BinnedCounts:
+    """A numeric column's rows per baseline bin ((-inf, e0), [e0, e1), ..., [e_last, inf)), their sums, and its
+    missing values (NULL, NaN, infinite), as `drift._NumericCounter` counts them."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+    n_missing: int
+
+
+def binned_counts(
+    warehouse: Warehouse, table: str, column: str, edges: np.ndarray, where: str = "", params: list | tuple = ()
+) -> BinnedCounts:
+    """One GROUP BY in the warehouse: the rows of `table` matching `where` per bin of `column` against a
+    baseline's interior `edges`. Only len(edges) + 1 rows come back, whatever the batch's size."""
+    value = f"cast({quote(column)} as double)"
+    cases, bounds = [], []
+    for position, edge in enumerate(edges):
+        floor, inclusive = _float32_floor(float(edge))
+        cases.append(f"when \"v\" {'<' if inclusive else '<='} ? then {position}")
+        bounds.append(floor)
+    binned = f"case {' '.join(cases)} else {len(edges)} end" if cases else "0"
+    filtered = f" where {where}" if where else ""
+    # NaN sorts above every number on both engines, so the range test also leaves NaN out.
+    frame = warehouse.query(
+        f'select {binned} as "bin", count(*) as "n", sum("v") as "total" '
+        f'from (select {value} as "v" from {quote(table)}{filtered}) rows_ '
+        f'where "v" > ? and "v" < ? group by 1',
+        [*bounds, *params, -_FLOAT32_OVERFLOW, _FLOAT32_OVERFLOW],
+    )
+    counts = np.zeros(len(edges) + 1, dtype=np.int64)
+    sums = np.zeros(len(edges) + 1, dtype=np.float64)
+    positions = frame["bin"].to_numpy(dtype=np.int64)
+    counts[positions] = frame["n"].to_numpy(dtype=np.int64)
+    sums[positions] = frame["total"].to_numpy(dtype=np.float64)
+    return BinnedCounts(counts, sums, row_count(warehouse, table, where, params) - int(counts.sum()))
+
+
+def category_counts(
+    warehouse: Warehouse, table: str, column: str, where: str = "", params: list | tuple = ()
+) -> tuple[pd.Series, int]:
+    """One GROUP BY in the warehouse: rows per category label of `column` (as `drift._CategoricalCounter` labels
+    them) among the rows of `table` matching `where`, and the number of NULLs."""
+    name = quote(column)
+    filtered = f"{where} and " if where else ""
+    frame = warehouse.query(
+        f'select {name} as "value", count(*) as "n" from {quote(table)} where {filtered}{name} is not null group by 1',
+        list(params),
+    )
+    counts = drift.labelled_counts(pd.Series(frame["n"].to_numpy(dtype=np.int64), index=pd.Index(frame["value"])))
+    return counts, row_count(warehouse, table, where, params) - int(counts.sum())
+
+
+def row_count(warehouse: Warehouse, table: str, where: str = "", params: list | tuple = ()) -> int:
+    filtered = f" where {where}" if where else ""
+    counted = warehouse.query(f'select count(*) as "n" from {quote(table)}{filtered}', list(params))
+    return int(counted["n"].iloc[0])
+
+
+def batch_filter(batch_id: str) -> tuple[str, list]:
+    """The `where` and parameters that select one batch of a landing table."""
+    return f"{quote(BATCH_COLUMN)} = ?", [batch_id]
+
+
 def _labelled_rows(warehouse: Warehouse, spec: CustomerSpec, batch_id: str) -> int:
     counted = warehouse.query(
         f'select count({quote(spec.label_column)}) as "n" from {quote(spec.landing_table)} '
@@ -373,8 +454,8 @@ def batch_summaries(warehouse: Warehouse, customer: str, batch_prefix: str = "")
     if not warehouse.table_exists(DRIFT_BATCHES_TABLE):
         return pd.DataFrame(columns=["batch_id", "batch_start", "rows", "drift_share", "drifted_columns"])
     return warehouse.query(
-        f"select batch_id, batch_start, rows, drift_share, drifted_columns from {quote(DRIFT_BATCHES_TABLE)} "
-        "where customer = ? and batch_id like ? order by batch_start",
+        'select "batch_id", "batch_start", "rows", "drift_share", "drifted_columns" '
+        f'from {quote(DRIFT_BATCHES_TABLE)} where "customer" = ? and "batch_id" like ? order by "batch_start"',
         [customer, batch_prefix + "%"],
     )
 
@@ -382,7 +463,7 @@ def batch_summaries(warehouse: Warehouse, customer: str, batch_prefix: str = "")
 def batch_start(warehouse: Warehouse, spec: CustomerSpec, batch_id: str):
     """The earliest timestamp of a batch: batches are ordered by the time their rows describe."""
     frame = warehouse.query(
-        f"select min({quote(spec.timestamp_column)}) as first from {quote(spec.landing_table)} "
+        f'select min({quote(spec.timestamp_column)}) as "first" from {quote(spec.landing_table)} '
         f"where {quote(BATCH_COLUMN)} = ?",
         [batch_id],
     )

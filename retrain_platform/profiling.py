@@ -617,5 +617,5 @@ def stored_warnings(warehouse, customer: str) -> list[str]:
 
     if not warehouse.table_exists(PROFILES_TABLE):
         return []
-    rows = warehouse.query(f"select profile_json from {quote(PROFILES_TABLE)} where customer = ?", [customer])
+    rows = warehouse.query(f'select "profile_json" from {quote(PROFILES_TABLE)} where "customer" = ?', [customer])
     return json.loads(rows.iloc[0, 0]).get("warnings", []) if len(rows) else []

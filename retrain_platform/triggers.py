@@ -375,7 +375,7 @@ def rollback_trigger(
 
 # An onboarded history is a backtest of the model trained on it: evidence only comes from batches that arrived.
 def not_history(alias: str = "") -> str:
-    column = f"{alias}.batch_id" if alias else "batch_id"
+    column = f'{alias}."batch_id"' if alias else '"batch_id"'
     return f"{column} <> ? and {column} not like ?"
 
 
@@ -387,8 +387,8 @@ def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit:
     if not warehouse.table_exists(monitoring.DRIFT_BATCHES_TABLE):
         return []
     frame = warehouse.query(
-        f"select * from {quote(monitoring.DRIFT_BATCHES_TABLE)} where customer = ? and model_version = ? "
-        f"and {not_history()} order by batch_start desc, batch_id desc limit {int(limit)}",
+        f'select * from {quote(monitoring.DRIFT_BATCHES_TABLE)} where "customer" = ? and "model_version" = ? '
+        f'and {not_history()} order by "batch_start" desc, "batch_id" desc limit {int(limit)}',
         [customer, str(model_version), *NOT_HISTORY_PARAMS],
     )
     return [
@@ -409,10 +409,10 @@ def recent_metrics(warehouse: Warehouse, customer: str, metric: str, model_versi
     if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
         return []
     frame = warehouse.query(
-        f"select m.batch_id, m.kind, m.value, m.labelled_rows from {quote(monitoring.METRICS_TABLE)} m "
-        f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
-        "where m.customer = ? and m.metric = ? and m.model_role = ? and m.model_version = ? "
-        f"and {not_history('m')} order by d.batch_start desc, m.batch_id desc",
+        f'select m."batch_id", m."kind", m."value", m."labelled_rows" from {quote(monitoring.METRICS_TABLE)} m '
+        f'join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
+        'where m."customer" = ? and m."metric" = ? and m."model_role" = ? and m."model_version" = ? '
+        f'and {not_history("m")} order by d."batch_start" desc, m."batch_id" desc',
         [customer, metric, monitoring.CHAMPION_ROLE, str(model_version), *NOT_HISTORY_PARAMS],
     )
     found = []
@@ -439,10 +439,11 @@ def shadow_comparisons(warehouse: Warehouse, customer: str, metric: str) -> list
     if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
         return []
     frame = warehouse.query(
-        f"select m.batch_id, m.model_role, m.model_version, m.value, m.labelled_rows, d.batch_start "
+        'select m."batch_id", m."model_role", m."model_version", m."value", m."labelled_rows", d."batch_start" '
         f"from {quote(monitoring.METRICS_TABLE)} m "
-        f"join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d.customer = m.customer and d.batch_id = m.batch_id "
-        f"where m.customer = ? and m.metric = ? and m.kind = 'realized' and m.model_role in (?, ?) and {not_history('m')}",
+        f'join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
+        """where m."customer" = ? and m."metric" = ? and m."kind" = 'realized' and m."model_role" in (?, ?) """
+        f'and {not_history("m")}',
         [customer, metric, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE, *NOT_HISTORY_PARAMS],
     )
     comparisons = []
@@ -500,7 +501,7 @@ def snapshot_rows(warehouse: Warehouse, snapshot_table: str, customer: str) -> i
     """How many rows the customer's last training snapshot holds (0 before any training)."""
     if not warehouse.table_exists(snapshot_table):
         return 0
-    frame = warehouse.query(f"select count(*) as n from {quote(snapshot_table)} where customer = ?", [customer])
+    frame = warehouse.query(f'select count(*) as "n" from {quote(snapshot_table)} where "customer" = ?', [customer])
     return int(frame["n"].iloc[0])
 
 
@@ -511,7 +512,7 @@ def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: 
     landing, timestamp, label = quote(spec.landing_table), quote(spec.timestamp_column), quote(spec.label_column)
     if not warehouse.table_exists(spec.landing_table) or not warehouse.table_exists(snapshot_table):
         return 0
-    latest = warehouse.query(f"select max({timestamp}) as latest from {landing} where {label} is not null")
+    latest = warehouse.query(f'select max({timestamp}) as "latest" from {landing} where {label} is not null')
     latest = latest["latest"].iloc[0]
     if pd.isna(latest):
         return 0
@@ -519,10 +520,10 @@ def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: 
     snapshot = quote(snapshot_table)
     if spec.id_column:
         key = quote(spec.id_column)
-        unseen = f"not exists (select 1 from {snapshot} s where s.customer = ? and s.{key} = l.{key})"
+        unseen = f'not exists (select 1 from {snapshot} s where s."customer" = ? and s.{key} = l.{key})'
         params = [window_start.to_pydatetime(), spec.customer]
     else:
-        unseen = f"l.{timestamp} > (select max(s.{timestamp}) from {snapshot} s where s.customer = ?)"
+        unseen = f'l.{timestamp} > (select max(s.{timestamp}) from {snapshot} s where s."customer" = ?)'
         params = [window_start.to_pydatetime(), spec.customer]
     # A quarantined batch's labels are not new rows a training would see: it leaves them out.
     quarantined = batches.quarantined_batches(warehouse, spec.customer)
@@ -531,7 +532,7 @@ def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: 
         kept = f" and (l.{quote(BATCH_COLUMN)} is null or l.{quote(BATCH_COLUMN)} not in ({', '.join('?' for _ in quarantined)}))"
         params += quarantined
     frame = warehouse.query(
-        f"select count(*) as n from {landing} l where l.{label} is not null and l.{timestamp} >= ? and {unseen}{kept}",
+        f'select count(*) as "n" from {landing} l where l.{label} is not null and l.{timestamp} >= ? and {unseen}{kept}',
         params,
     )
     return int(frame["n"].iloc[0])

@@ -184,8 +184,10 @@ class Warehouse:
         staging = None
         if len(frame):
             # write_pandas runs DDL (a temporary stage and file format), and DDL commits any open
-            # transaction; so load a temporary table first and swap the rows in one transaction below.
-            staging = f"{table}__incoming_{uuid.uuid4().hex[:12]}"
+            # transaction; so load a temporary table first and swap the rows in one transaction below. Its
+            # name is plain letters and digits, not derived from `table`: fakesnow's write_pandas puts the
+            # table name in its SQL unquoted (the connector quotes it), so a customer's `-` would break it.
+            staging = f"incoming_{uuid.uuid4().hex[:16]}"
             cursor.execute(f"create temporary table {quote(staging)} ({_snowflake_columns(frame)})")
         try:
             if staging is not None:

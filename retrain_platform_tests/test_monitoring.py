@@ -531,7 +531,7 @@ def test_a_challenger_that_differs_from_the_champion_scores_in_shadow(trained):
 def test_a_scoring_that_dies_half_way_leaves_the_batchs_predictions_whole(trained):
     platform, spec, _ = trained
     warehouse, registry = platform.warehouse, platform.registry
-    batch = fresh_batch(500, first_id=40_001, week=2, seed=11)
+    batch = fresh_batch(500, first_id=50_001, week=2, seed=11)
     ingest(warehouse, spec, batch, "crash")
     version = registry.alias_version(spec.model_name, CHAMPION)
     pipeline = registry.load(spec.model_name, version)

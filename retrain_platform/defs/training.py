@@ -19,6 +19,7 @@ from retrain_platform import ledger, performance, quality
 from retrain_platform.defs.partitions import customers
 from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
+from retrain_platform.ingest import BATCH_COLUMN
 from retrain_platform.modelling import (
     FeatureSet,
     SearchSettings,
@@ -43,7 +44,7 @@ from retrain_platform.registry import (
 from retrain_platform.settings import TRIGGER_TAG
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.status import HOLDOUT_ESTIMATED_TAG_PREFIX, HOLDOUT_TAG_PREFIX
-from retrain_platform.warehouse import Warehouse
+from retrain_platform.warehouse import Warehouse, quote
 
 TRAINING_DATA_QUALITY = "training_data_quality"
 FEATURES_ARE_FINITE = "features_are_finite"
@@ -180,6 +181,70 @@ def _snapshot_window(landing: pd.DataFrame, spec: CustomerSpec) -> pd.DataFrame:
     return labelled.loc[keep].reset_index(drop=True)
 
 
+def _snapshot_in_warehouse(db: Warehouse, spec: CustomerSpec, target: str) -> pd.DataFrame | None:
+    """`_snapshot_window` as SQL: the warehouse selects the labelled rows inside the window, leaving out
+    quarantined batches (they stay in the landing table for a person to correct, release or drop; never in
+    training), into `target` (CREATE OR REPLACE TABLE ... AS SELECT); only those rows come back, in a stable order.
+
+    None when the landing table's timestamp column holds no timestamps (a load that typed it as text) or lacks
+    a column: then pandas selects, keeping unparseable values for the quality check to name."""
+    columns = [c for c in [spec.id_column, spec.timestamp_column, *spec.feature_names, spec.label_column] if c]
+    held = db.columns(spec.landing_table)
+    if any(column not in held for column in columns):
+        return None
+    landing, timestamp, label = quote(spec.landing_table), quote(spec.timestamp_column), quote(spec.label_column)
+    probe = db.query(f'select {timestamp} as "t" from {landing} where {timestamp} is not null limit 1')
+    if probe.empty or not pd.api.types.is_datetime64_any_dtype(probe["t"]):
+        return None
+    usable, params = f"{label} is not null", []
+    quarantined = batch_states.quarantined_batches(db, spec.customer)
+    if quarantined and BATCH_COLUMN in held:
+        batch = quote(BATCH_COLUMN)
+        usable += f" and ({batch} is null or {batch} not in ({', '.join('?' for _ in quarantined)}))"
+        params += quarantined
+    # The window ends at the latest plausible row, so one future-dated row cannot push the real data out.
+    now = utc_now().to_pydatetime()
+    ends = db.query(
+        f'select max(case when {timestamp} <= ? then {timestamp} end) as "plausible", max({timestamp}) as "latest" '
+        f"from {landing} where {usable}",
+        [now, *params],
+    ).iloc[0]
+    end = ends["plausible"] if not pd.isna(ends["plausible"]) else ends["latest"]
+    selected = ", ".join(quote(column) for column in columns)
+    start = None if pd.isna(end) else (pd.Timestamp(end) - pd.Timedelta(days=spec.training_window_days)).to_pydatetime()
+    window = f" and ({timestamp} is null or {timestamp} >= ?)" if start is not None else ""
+    db.execute(
+        f"create or replace table {quote(target)} as select {selected}, cast(? as varchar) as {quote('customer')} "
+        f"from {landing} where {usable}{window}",
+        [spec.customer, *params, *([start] if start is not None else [])],
+    )
+    order = ", ".join(str(position) for position in range(1, len(columns) + 1))
+    return db.query(f"select {selected} from {quote(target)} order by {order}")
+
+
+def _new_snapshot_rows(db: Warehouse, spec: CustomerSpec, snapshot: pd.DataFrame, incoming: str, last: str) -> int:
+    """Rows of the new snapshot the last one did not hold: by id (counted in the warehouse), else those after
+    the last snapshot's latest timestamp."""
+    if not db.table_exists(last):
+        return len(snapshot)
+    held = db.columns(last)
+    if spec.id_column and spec.id_column in held:
+        # As text on both sides: a reload may have changed the id column's type.
+        key = quote(spec.id_column)
+        counted = db.query(
+            f'select count(*) as "n" from {quote(incoming)} n where not exists '
+            f"(select 1 from {quote(last)} p where cast(p.{key} as varchar) = cast(n.{key} as varchar))"
+        )
+        return int(counted["n"].iloc[0])
+    if spec.timestamp_column not in held:
+        return len(snapshot)
+    latest = db.query(f'select max({quote(spec.timestamp_column)}) as "latest" from {quote(last)}')["latest"].iloc[0]
+    if latest is None or (not isinstance(latest, str) and pd.isna(latest)):
+        return len(snapshot)
+    last_seen = pd.to_datetime(pd.Series([latest]), errors="coerce").iloc[0]
+    return int((pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce") > last_seen).sum())
+
+
 @dg.asset(
     partitions_def=customers,
     group_name="training",
@@ -195,23 +260,19 @@ def training_dataset(context: dg.AssetExecutionContext, warehouse: dg.ResourcePa
     customer = context.partition_key
     db = warehouse.get_warehouse()
     spec = customer_store.load_spec(db, customer)
-    # Quarantined batches stay in the landing table for a person to correct, release or drop; never in training.
-    landing = batch_states.usable_rows(db, spec)
-    snapshot = _snapshot_window(landing, spec)
-
     table = snapshot_table(customer)
-    new_rows = len(snapshot)
-    if db.table_exists(table):
-        previous = db.query(f'select * from "{table}"')
-        if spec.id_column and spec.id_column in previous:
-            new_rows = int((~snapshot[spec.id_column].isin(previous[spec.id_column])).sum())
-        elif len(previous):
-            last = pd.to_datetime(previous[spec.timestamp_column], errors="coerce").max()
-            new_rows = int((pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce") > last).sum())
-    # The snapshot table is the customer's own: replacing it whole lets a column change type between loads,
-    # so that the quality check, not a conversion error, is what reports it.
-    db.execute(f'drop table if exists "{table}"')
-    db.write(table, snapshot.assign(customer=customer))
+    # The new snapshot lands beside the last one, so the warehouse counts its new rows without sending the last
+    # one here; then it takes the last one's place. Replacing the table whole lets a column change type between
+    # loads, so that the quality check, not a conversion error, is what reports it.
+    incoming = f"{table}__next"
+    snapshot = _snapshot_in_warehouse(db, spec, incoming)
+    if snapshot is None:
+        snapshot = _snapshot_window(batch_states.usable_rows(db, spec), spec)
+        db.execute(f"drop table if exists {quote(incoming)}")
+        db.write(incoming, snapshot.assign(customer=customer))
+    new_rows = _new_snapshot_rows(db, spec, snapshot, incoming, table)
+    db.execute(f"drop table if exists {quote(table)}")
+    db.execute(f"alter table {quote(incoming)} rename to {quote(table)}")
 
     digest = content_hash(snapshot)
     timestamps = pd.to_datetime(snapshot[spec.timestamp_column], errors="coerce")
