@@ -49,3 +49,17 @@ def load_landing(warehouse: Warehouse, spec: CustomerSpec) -> pd.DataFrame:
     if not warehouse.table_exists(spec.landing_table):
         raise SpecError(f"landing_table: table {spec.landing_table!r} does not exist in the warehouse")
     return warehouse.query(f"select * from {quote(spec.landing_table)}")
+
+
+# Where a sensor that pages through customers keeps, in its cursor, the last customer its latest tick evaluated.
+PAGE_CURSOR_KEY = "after"
+
+
+def customer_page(specs: list[CustomerSpec], after: str | None, size: int) -> tuple[list[CustomerSpec], str | None]:
+    """At most `size` customers, in id order, after the customer `after` (from the first when None), and where
+    the next page starts: the last customer of this one, or None when this page reached the end (the next
+    starts over). With `size` customers or fewer, every page holds them all."""
+    ordered = sorted(specs, key=lambda spec: spec.customer)
+    remaining = [spec for spec in ordered if after is None or spec.customer > after] or ordered
+    page = remaining[:size]
+    return page, (page[-1].customer if len(remaining) > size else None)

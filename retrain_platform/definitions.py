@@ -12,6 +12,7 @@ from retrain_platform.defs.monitoring import (
 )
 from retrain_platform.defs.onboarding import onboarding_assets, onboarding_sensors
 from retrain_platform.defs.resources import resources_for_environment
+from retrain_platform.defs.sources import source_sensors
 from retrain_platform.defs.training import train_customer, training_assets, training_checks
 from retrain_platform.library_notices import quiet_known_notices
 
@@ -21,7 +22,7 @@ defs = dg.Definitions(
     assets=[*training_assets, drift_baseline, *monitoring_assets, *onboarding_assets],
     asset_checks=[*training_checks, *monitoring_checks],
     jobs=[train_customer, monitor_batch, remeasure_batch, *automation_jobs],
-    sensors=[*automation_sensors, *onboarding_sensors],
+    sensors=[*automation_sensors, *onboarding_sensors, *source_sensors],
     schedules=automation_schedules,
     resources=resources_for_environment(),
     # Steps run in the run's own process: one DuckDB writer per run, and no re-import cost per step.

@@ -202,6 +202,16 @@ class CustomerSpec(BaseModel):
         le=100_000,
         description="rows of each scored batch queued for experts to label, those the model is least sure of (0: none)",
     )
+    source_table: str | None = Field(
+        default=None,
+        description="a table or view of the warehouse that an outside loader appends rows to: the rows appended "
+        "since the last batch become a batch (`warehouse_source_sensor`), no file needed",
+    )
+    source_watermark_column: str | None = Field(
+        default=None,
+        description="the column of `source_table` that grows with every load (a load time or a sequence number); "
+        "the timestamp column when unset",
+    )
 
     @field_validator("customer")
     @classmethod
@@ -213,7 +223,7 @@ class CustomerSpec(BaseModel):
     def _table_name(cls, value: str) -> str:
         return validate_identifier(value, "landing_table")
 
-    @field_validator("timestamp_column", "label_column", "id_column")
+    @field_validator("timestamp_column", "label_column", "id_column", "source_table", "source_watermark_column")
     @classmethod
     def _column_names(cls, value: str | None, info) -> str | None:
         return None if value is None else validate_column_name(value, info.field_name)
@@ -245,6 +255,8 @@ class CustomerSpec(BaseModel):
             collision = case_collision([*sorted(reserved), *names])
             if collision:
                 raise ValueError(f"features: {case_collision_message(*collision)}")
+        if self.source_table is not None and self.source_table.casefold() == self.landing_table.casefold():
+            raise ValueError("source_table: it is the landing table; name the table the outside loader appends to")
         if self.primary_metric is not None:
             allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
             if self.task is None:

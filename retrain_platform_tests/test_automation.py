@@ -602,3 +602,23 @@ def test_drift_without_new_labels_alerts_and_retrains_once_the_labels_arrive(ope
         launched = tick(fresh, drift_sensor, T0 + timedelta(hours=27), again.cursor)
         assert [request.partition_key for request in launched.run_requests] == [CUSTOMER]
         assert "retraining requested" in alerts_of(fresh, CUSTOMER, alerts.DRIFT)["message"].iloc[-1]
+
+
+def test_a_tick_evaluates_one_page_of_customers_and_the_cursor_says_where_the_next_starts():
+    from retrain_platform.customers import customer_page
+    from retrain_platform.defs.automation import TriggerCursor
+    from retrain_platform.spec import parse_spec
+
+    specs = [
+        parse_spec({"customer": name, "landing_table": f"landing_{name}", "timestamp_column": "t", "label_column": "y"})
+        for name in ("c3", "c1", "c2")
+    ]
+    first, after = customer_page(specs, None, 2)
+    assert ([spec.customer for spec in first], after) == (["c1", "c2"], "c2")
+    cursor = TriggerCursor.parse(TriggerCursor(launched={"c1": "b1@v1"}, after=after).dump())
+    second, after = customer_page(specs, cursor.after, 2)
+    assert ([spec.customer for spec in second], after) == (["c3"], None)
+    assert [spec.customer for spec in customer_page(specs, after, 2)[0]] == ["c1", "c2"], "starts over"
+    assert [spec.customer for spec in customer_page(specs, "c9", 2)[0]] == ["c1", "c2"], "a removed customer"
+    assert [spec.customer for spec in customer_page(specs, None, 100)[0]] == ["c1", "c2", "c3"]
+    assert cursor.launched == {"c1": "b1@v1"}

@@ -9,15 +9,18 @@ tags and the training's `trigger` config say why the run exists, so the ledger a
 the wall clock.
 """
 
+import functools
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import dagster as dg
+import duckdb
 
 from retrain_platform import customers as customer_store
-from retrain_platform import canary, deployment, drift, ledger, monitoring, triggers
+from retrain_platform import canary, deployment, drift, evidence, ledger, monitoring, triggers
 from retrain_platform.alerts import (
     AWAITING_APPROVAL,
     CHALLENGER_READY,
@@ -28,9 +31,10 @@ from retrain_platform.alerts import (
     RUN_FAILURE,
     Alert,
 )
+from retrain_platform.defs import resources as resource_defs
 from retrain_platform.defs.monitoring import monitor_batch, remeasure_batch
 from retrain_platform.defs.partitions import batches, customers
-from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
+from retrain_platform.defs.resources import AlertChannel, Clock, DuckDBWarehouse, MlflowRegistry, duckdb_kept_open
 from retrain_platform.defs.run_health import fail_dead_runs, worker_tags
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
 from retrain_platform.ingest import is_history_batch, split_batch_partition_key
@@ -38,7 +42,6 @@ from retrain_platform.registry import CHAMPION
 from retrain_platform.serving import ONLINE_PREDICTIONS_TABLE
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG, schedules
 from retrain_platform.spec import CustomerSpec
-from retrain_platform.status import holdout_metrics
 from retrain_platform.triggers import Trigger
 from retrain_platform.warehouse import Warehouse
 
@@ -58,6 +61,9 @@ EVIDENCE_TAG = "retrain/evidence"
 WAITING_FOR_LABELS = "|waiting-for-labels"
 TRAINING_OPS_WITH_TRIGGER = ("candidate_models", "deployed_model")
 MAX_TAG_LENGTH = 1000
+# Customers one tick of a per-customer sensor evaluates at most; the next tick goes on after the last of them
+# (kept in the cursor), so a tick stays well inside Dagster's 60 s limit however many customers there are.
+CUSTOMERS_PER_TICK = 100
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -72,18 +78,25 @@ IN_FLIGHT = [
 
 @dataclass
 class TriggerCursor:
-    """Per customer, the evidence already acted on: the sensor's memory across ticks and restarts."""
+    """Per customer, the evidence already acted on: the sensor's memory across ticks and restarts; and the
+    last customer the latest tick evaluated, where the next tick's page of customers starts."""
 
     launched: dict[str, str] = field(default_factory=dict)
     alerted: dict[str, str] = field(default_factory=dict)
+    after: str | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> "TriggerCursor":
         data = json.loads(text) if text else {}
-        return cls(launched=dict(data.get("launched", {})), alerted=dict(data.get("alerted", {})))
+        return cls(
+            launched=dict(data.get("launched", {})),
+            alerted=dict(data.get("alerted", {})),
+            after=data.get(customer_store.PAGE_CURSOR_KEY),
+        )
 
     def dump(self) -> str:
-        return json.dumps({"launched": self.launched, "alerted": self.alerted}, sort_keys=True)
+        data = {"launched": self.launched, "alerted": self.alerted, customer_store.PAGE_CURSOR_KEY: self.after}
+        return json.dumps(data, sort_keys=True)
 
 
 def trigger_tags(trigger: Trigger) -> dict[str, str]:
@@ -114,16 +127,54 @@ def training_in_flight(instance: dg.DagsterInstance, customer: str) -> bool:
     return bool(records)
 
 
+def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """`training_in_flight` for every customer at once: the partitions with a queued or running run."""
+    fail_dead_runs(instance)
+    records = instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT))
+    return {record.dagster_run.tags["dagster/partition"] for record in records if "dagster/partition" in record.dagster_run.tags}
+
+
+def one_connection_per_tick(evaluate):
+    """Evaluate a sensor over one open DuckDB database instead of one per statement: opening the file reads its
+    whole catalog, a quarter to half a second at 1,000 customers' tables, which cost a tick more than its
+    work. Other processes wait for the file meanwhile (dagster-duckdb retries for about a minute), as they wait
+    for any writer. Snowflake and a file this process holds open already (a replay) are left as they are."""
+
+    @functools.wraps(evaluate)
+    def tick(*args, **kwargs):
+        provider = kwargs.get("warehouse")
+        database = getattr(provider, "database", None)
+        # resources.py keeps no public view of the files it holds open; its own registry tells (a replay's file).
+        if not isinstance(provider, DuckDBWarehouse) or database in resource_defs._KEPT_OPEN:
+            return evaluate(*args, **kwargs)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(duckdb_kept_open(database))
+            except duckdb.Error:
+                pass  # another process holds the file: statement by statement, each waiting its turn
+            return evaluate(*args, **kwargs)
+
+    return tick
+
+
 def customer_specs(instance: dg.DagsterInstance, db: Warehouse) -> list[CustomerSpec]:
     """Customers that have both a partition and a spec."""
     partitions = set(instance.get_dynamic_partitions(customers.name))
     return [spec for spec in customer_store.list_specs(db) if spec.customer in partitions]
 
 
+def customer_page(context: dg.SensorEvaluationContext, db: Warehouse, cursor: TriggerCursor) -> list[CustomerSpec]:
+    """The customers this tick evaluates: at most `CUSTOMERS_PER_TICK`, after those of the last tick; the
+    cursor moves on."""
+    page, cursor.after = customer_store.customer_page(customer_specs(context.instance, db), cursor.after, CUSTOMERS_PER_TICK)
+    return page
+
+
 def react_to_triggers(
     context: dg.SensorEvaluationContext,
     found: list[tuple[CustomerSpec, Trigger]],
     *,
+    cursor: TriggerCursor,
     db: Warehouse,
     alert_channel: AlertChannel,
     now: datetime,
@@ -136,15 +187,19 @@ def react_to_triggers(
     With `needs_new_labels` (drift, performance), a training that would see fewer than the customer's
     `automation.min_labelled_rows` new labelled rows is not launched: it would learn from the same data. The
     evidence stays open and launches a training once enough labels have arrived."""
-    cursor = TriggerCursor.parse(context.cursor)
     requests, notes = [], []
+    in_flight = partitions_in_flight(context.instance) if found else set()
+    trained = evidence.last_trainings(db) if found else {}
+    # Counted in the customers' own tables, so only where the answer matters (not in alert mode).
+    counted = [spec for spec, _ in found if spec.mode != "alert" and needs_new_labels]
+    labelled = evidence.labelled_rows(db, counted, {spec.customer: snapshot_table(spec.customer) for spec in counted})
     for spec, trigger in found:
         customer, key = spec.customer, trigger.evidence_key
         if spec.mode != "alert" and cursor.launched.get(customer) == key:
             continue
-        cooldown_ends = triggers.cooldown_ends(triggers.last_training(db, customer), spec.automation.cooldown_hours)
+        cooldown_ends = triggers.cooldown_ends(trained.get(customer), spec.automation.cooldown_hours)
         needed = spec.automation.min_labelled_rows
-        fresh = triggers.new_labelled_rows(db, spec, snapshot_table(customer)) if needs_new_labels else None
+        fresh = labelled[customer][0] if customer in labelled else None
         if spec.mode == "alert":
             outcome = "alert mode: no retraining, a person decides"
         elif fresh is not None and fresh < needed:
@@ -156,7 +211,7 @@ def react_to_triggers(
                 alert_channel.send(db, Alert(now, customer, alert_kind or trigger.kind, message), log=context.log)
                 cursor.alerted[customer] = waiting_key
             continue
-        elif training_in_flight(context.instance, customer):
+        elif customer in in_flight:
             outcome = "retraining deferred: a training run is already queued or running"
             notes.append(f"{customer}: training in flight")
         elif cooldown_ends is not None and now < cooldown_ends:
@@ -177,11 +232,11 @@ def react_to_triggers(
 
 
 def _each_customer(
-    context: dg.SensorEvaluationContext, db: Warehouse, find: Callable[[CustomerSpec], Trigger | None]
+    context: dg.SensorEvaluationContext, page: list[CustomerSpec], find: Callable[[CustomerSpec], Trigger | None]
 ) -> list[tuple[CustomerSpec, Trigger]]:
     """Evaluate one customer at a time: a customer whose evidence cannot be read does not stop the others."""
     found = []
-    for spec in customer_specs(context.instance, db):
+    for spec in page:
         try:
             trigger = find(spec)
         except Exception as error:
@@ -192,19 +247,43 @@ def _each_customer(
     return found
 
 
+@dataclass
+class PageEvidence:
+    """What the retraining sensors read about a page of customers, read for all of them at once: champions,
+    their holdout metrics, and their latest drift summaries and metrics."""
+
+    champions: dict[str, str | None]
+    holdouts: dict[str, tuple[float | None, float | None]]
+    drift: dict[str, list[triggers.BatchDrift]]
+    metrics: dict[str, list[triggers.BatchMetric]]
+
+    @classmethod
+    def read(cls, db: Warehouse, models, page: list[CustomerSpec], *, drift_batches: bool) -> "PageEvidence":
+        by_model = evidence.alias_versions(models, [spec.model_name for spec in page], CHAMPION)
+        champions = {spec.customer: by_model.get(spec.model_name) for spec in page}
+        holdouts = evidence.holdout_metrics(models, by_model, {spec.model_name: spec.primary_metric for spec in page})
+        metrics_needed = max([spec.automation.performance_batches for spec in page] + [1])
+        drift_needed = max([spec.automation.drift_consecutive_batches for spec in page] + [1])
+        return cls(
+            champions=champions,
+            holdouts={spec.customer: holdouts.get(spec.model_name, (None, None)) for spec in page},
+            drift=evidence.latest_drift(db, champions, drift_needed) if drift_batches else {},
+            metrics=evidence.recent_metrics(db, champions, {s.customer: s.primary_metric for s in page}, metrics_needed),
+        )
+
+    def confirmation(self, spec: CustomerSpec, min_drop: float, batches: int) -> triggers.Confirmation:
+        holdout, holdout_estimated = self.holdouts.get(spec.customer, (None, None))
+        return triggers.Confirmation(
+            recent=self.metrics.get(spec.customer, [])[:batches],
+            holdout=holdout,
+            holdout_estimated=holdout_estimated,
+            min_drop=min_drop,
+            min_labelled_rows=spec.automation.min_labelled_rows,
+            batches=batches,
+        )
+
+
 # --------------------------------------------------------------------------------------- retraining sensors
-
-
-def _confirmation(db, models, spec: CustomerSpec, champion: str, min_drop: float, batches: int) -> triggers.Confirmation:
-    holdout, holdout_estimated = holdout_metrics(models, spec.model_name, champion, spec.primary_metric)
-    return triggers.Confirmation(
-        recent=triggers.recent_metrics(db, spec.customer, spec.primary_metric, champion, batches),
-        holdout=holdout,
-        holdout_estimated=holdout_estimated,
-        min_drop=min_drop,
-        min_labelled_rows=spec.automation.min_labelled_rows,
-        batches=batches,
-    )
 
 
 @dg.sensor(
@@ -213,6 +292,7 @@ def _confirmation(db, models, spec: CustomerSpec, champion: str, min_drop: float
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+@one_connection_per_tick
 def drift_sensor(
     context: dg.SensorEvaluationContext,
     warehouse: dg.ResourceParam[WarehouseProvider],
@@ -224,25 +304,27 @@ def drift_sensor(
     `automation.drift_consecutive_batches`, default 2) measured against the current champion, and the
     champion's metric on the latest batch (realized, or estimated before labels arrive) fell at least half
     of `automation.performance_drop` below its holdout metric: drift that reaches the model. One run per
-    piece of evidence, never while a training is in flight or within the cooldown; alert mode only alerts."""
+    piece of evidence, never while a training is in flight or within the cooldown; alert mode only alerts.
+    Evaluates up to `CUSTOMERS_PER_TICK` customers a tick, the next ones on the next tick."""
     db = warehouse.get_warehouse()
-    models = registry.get_registry()
+    cursor = TriggerCursor.parse(context.cursor)
+    page = customer_page(context, db, cursor) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
+    read = PageEvidence.read(db, registry.get_registry(), page, drift_batches=True) if page else None
 
     def find(spec: CustomerSpec) -> Trigger | None:
-        champion = models.alias_version(spec.model_name, CHAMPION)
-        if champion is None:
+        if read.champions.get(spec.customer) is None:
             return None
         consecutive = spec.automation.drift_consecutive_batches
-        recent = triggers.latest_drift(db, spec.customer, champion, consecutive)
+        recent = read.drift.get(spec.customer, [])[:consecutive]
         share = drift.DriftThresholds.model_validate(spec.drift_thresholds).dataset_share
         confirmation = None
         if spec.automation.drift_needs_confirmation:
-            confirmation = _confirmation(db, models, spec, champion, spec.automation.performance_drop / 2, 1)
+            confirmation = read.confirmation(spec, spec.automation.performance_drop / 2, 1)
         return triggers.drift_trigger(spec.customer, recent, consecutive, share, confirmation)
 
-    found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
+    found = _each_customer(context, page, find)
     return react_to_triggers(
-        context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=DRIFT, needs_new_labels=True
+        context, found, cursor=cursor, db=db, alert_channel=alerts, now=clock.now(), alert_kind=DRIFT, needs_new_labels=True
     )
 
 
@@ -252,6 +334,7 @@ def drift_sensor(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+@one_connection_per_tick
 def performance_sensor(
     context: dg.SensorEvaluationContext,
     warehouse: dg.ResourceParam[WarehouseProvider],
@@ -262,25 +345,28 @@ def performance_sensor(
     """Retrains a customer when its champion's primary metric on the latest batch falls below the spec's
     floor, or on each of its `automation.performance_batches` latest batches (default 2) fell
     `automation.performance_drop` (default 5%) below what the champion scored on its holdout: the realized
-    metric when enough labels arrived, else the label-free estimate against the estimate on the holdout."""
+    metric when enough labels arrived, else the label-free estimate against the estimate on the holdout.
+    Evaluates up to `CUSTOMERS_PER_TICK` customers a tick, the next ones on the next tick."""
     db = warehouse.get_warehouse()
-    models = registry.get_registry()
+    cursor = TriggerCursor.parse(context.cursor)
+    page = customer_page(context, db, cursor) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
+    read = PageEvidence.read(db, registry.get_registry(), page, drift_batches=False) if page else None
 
     def find(spec: CustomerSpec) -> Trigger | None:
-        champion = models.alias_version(spec.model_name, CHAMPION)
-        if champion is None:
+        if read.champions.get(spec.customer) is None:
             return None
         automation = spec.automation
-        confirmation = _confirmation(db, models, spec, champion, automation.performance_drop, automation.performance_batches)
+        confirmation = read.confirmation(spec, automation.performance_drop, automation.performance_batches)
         # The confirmation has read the latest batches already; the floor is judged on the newest of them.
         return triggers.performance_trigger(
             spec.customer, confirmation.latest, spec.thresholds.floor, automation.min_labelled_rows, confirmation
         )
 
-    found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
+    found = _each_customer(context, page, find)
     return react_to_triggers(
-        context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=PERFORMANCE, needs_new_labels=True
-    )
+        context, found, cursor=cursor, db=db, alert_channel=alerts, now=clock.now(), alert_kind=PERFORMANCE,
+        needs_new_labels=True,
+    )  # fmt: skip
 
 
 @dg.sensor(
@@ -289,6 +375,7 @@ def performance_sensor(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+@one_connection_per_tick
 def new_labels_sensor(
     context: dg.SensorEvaluationContext,
     warehouse: dg.ResourceParam[WarehouseProvider],
@@ -297,25 +384,27 @@ def new_labels_sensor(
 ) -> dg.SensorResult:
     """Retrains a customer once a training would add at least `automation.new_labels_threshold` labelled
     rows to its last snapshot, and `automation.new_labels_share` times its size (late labels that people
-    added included)."""
+    added included). Evaluates up to `CUSTOMERS_PER_TICK` customers a tick, the next ones on the next tick."""
     db = warehouse.get_warehouse()
+    cursor = TriggerCursor.parse(context.cursor)
+    page = customer_page(context, db, cursor)
+    trained = evidence.last_trainings(db) if page else {}
+    page = [spec for spec in page if spec.customer in trained]
+    labelled = evidence.labelled_rows(db, page, {spec.customer: snapshot_table(spec.customer) for spec in page})
 
     def find(spec: CustomerSpec) -> Trigger | None:
-        last = triggers.last_training(db, spec.customer)
-        if last is None:
-            return None
-        table = snapshot_table(spec.customer)
+        fresh, snapshot_rows = labelled[spec.customer]
         return triggers.new_labels_trigger(
             spec.customer,
-            triggers.new_labelled_rows(db, spec, table),
+            fresh,
             spec.automation.new_labels_threshold,
-            last,
-            snapshot_rows=triggers.snapshot_rows(db, table, spec.customer),
+            trained[spec.customer],
+            snapshot_rows=snapshot_rows,
             share=spec.automation.new_labels_share,
         )
 
-    found = _each_customer(context, db, find)
-    return react_to_triggers(context, found, db=db, alert_channel=alerts, now=clock.now(), alert_kind=None)
+    found = _each_customer(context, page, find)
+    return react_to_triggers(context, found, cursor=cursor, db=db, alert_channel=alerts, now=clock.now(), alert_kind=None)
 
 
 # ------------------------------------------------------------------------------------- approvals, rollbacks
@@ -422,6 +511,7 @@ def rollback_model():
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+@one_connection_per_tick
 def auto_rollback_sensor(
     context: dg.SensorEvaluationContext,
     warehouse: dg.ResourceParam[WarehouseProvider],
@@ -431,32 +521,32 @@ def auto_rollback_sensor(
 ) -> dg.SensorResult:
     """Rolls back a freshly promoted champion whose realized primary metric on its first labelled batches
     is worse than the previous champion's (scored in shadow on the same rows) by more than
-    `automation.rollback_tolerance`. Alert mode only alerts."""
+    `automation.rollback_tolerance`. Alert mode only alerts. Evaluates up to `CUSTOMERS_PER_TICK` customers a
+    tick, the next ones on the next tick."""
     db = warehouse.get_warehouse()
-    models = registry.get_registry()
     cursor = TriggerCursor.parse(context.cursor)
     now = clock.now()
     requests = []
-    moves: dict[str, triggers.ChampionMove] = {}
+    page = customer_page(context, db, cursor) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
+    moves = evidence.last_champion_moves(db) if page else {}
+    judged = [spec for spec in page if spec.customer in moves and moves[spec.customer].action in ("promote", "approve")]
+    champions = evidence.alias_versions(registry.get_registry(), [spec.model_name for spec in judged], CHAMPION)
+    shadows = evidence.shadow_comparisons(db, {spec.customer: spec.primary_metric for spec in judged})
 
     def find(spec: CustomerSpec) -> Trigger | None:
-        move = triggers.last_champion_move(db, spec.customer)
-        if move is None or move.action not in ("promote", "approve"):
-            return None
-        moves[spec.customer] = move
-        champion = models.alias_version(spec.model_name, CHAMPION)
+        move = moves[spec.customer]
         return triggers.rollback_trigger(
             spec.customer,
             spec.primary_metric,
             move,
-            champion,
-            triggers.shadow_comparisons(db, spec.customer, spec.primary_metric),
+            champions.get(spec.model_name),
+            shadows[spec.customer],
             batches_needed=spec.automation.rollback_batches,
             min_labelled_rows=spec.automation.min_labelled_rows,
             tolerance=spec.automation.rollback_tolerance,
         )
 
-    found = _each_customer(context, db, find) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
+    found = _each_customer(context, judged, find)
     for spec, trigger in found:
         key = trigger.evidence_key
         if spec.mode == "alert":
@@ -534,6 +624,7 @@ def promote_canary_model():
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+@one_connection_per_tick
 def canary_sensor(
     context: dg.SensorEvaluationContext,
     warehouse: dg.ResourceParam[WarehouseProvider],
@@ -543,7 +634,8 @@ def canary_sensor(
 ) -> dg.SensorResult:
     """Promotes the challenger of an auto-mode customer in canary (`canary_fraction` above 0) once its arm is
     significantly better than the champion's on the labels that came after the answers (`canary.compare_arms`).
-    Approve and alert modes are alerted instead, once per canary: a person promotes with `canary --promote`."""
+    Approve and alert modes are alerted instead, once per canary: a person promotes with `canary --promote`.
+    Judges up to `CUSTOMERS_PER_TICK` customers in canary a tick, the next ones on the next tick."""
     db = warehouse.get_warehouse()
     models = registry.get_registry()
     cursor = TriggerCursor.parse(context.cursor)
@@ -552,6 +644,7 @@ def canary_sensor(
     in_canary = [spec for spec in customer_specs(context.instance, db) if spec.canary_fraction > 0]
     if not db.table_exists(ONLINE_PREDICTIONS_TABLE):
         in_canary = []
+    in_canary, cursor.after = customer_store.customer_page(in_canary, cursor.after, CUSTOMERS_PER_TICK)
     for spec in in_canary:
         customer = spec.customer
         try:

@@ -25,6 +25,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 from retrain_platform import customers as customer_store
 from retrain_platform import onboarding, profiling
 from retrain_platform.alerts import ONBOARDED, ONBOARDING_FAILED, Alert
+from retrain_platform.defs.automation import one_connection_per_tick
 from retrain_platform.defs.partitions import batches, customers
 from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
 from retrain_platform.defs.training import WarehouseProvider, retry_when_busy
@@ -216,6 +217,7 @@ def _stage_sensor(stage: str, name: str, group: str, description: str) -> dg.Sen
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=description,
     )
+    @one_connection_per_tick
     def stage_sensor(
         context: dg.SensorEvaluationContext,
         warehouse: dg.ResourceParam[WarehouseProvider],
