@@ -474,6 +474,7 @@ def _onboarding_summary(runner, customer: str, state: str) -> str:
     from retrain_platform import ledger, monitoring, onboarding, profiling
     from retrain_platform.customers import load_spec
     from retrain_platform.ingest import HISTORY_PREFIX
+    from retrain_platform.spec import APPROVE_MODE
 
     warehouse = runner.warehouse
     spec = load_spec(warehouse, customer)
@@ -510,7 +511,7 @@ def _onboarding_summary(runner, customer: str, state: str) -> str:
         )
     warnings = profiling.stored_warnings(warehouse, customer)
     lines.append(f"  data profile: {len(warnings)} warning(s)" + "".join(f"\n    - {w}" for w in warnings[:8]))
-    if runner.champion(spec) is None and spec.mode == "approve":
+    if runner.champion(spec) is None and spec.mode == APPROVE_MODE:
         lines.append(f"  next: review data_profile and evaluation_report in the UI, then `retrain-platform approve {customer}`")
     return "\n".join(lines)
 
@@ -696,6 +697,8 @@ def _search(args) -> dict | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from retrain_platform.spec import APPROVE_MODE, MODES
+
     parser = argparse.ArgumentParser(
         prog="retrain-platform", description="Keep one model per customer fresh: train, guard, watch, react."
     )
@@ -758,8 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     onboard.add_argument("--task", choices=["binary", "multiclass", "regression"], help="default: inferred from the label")
     onboard.add_argument(
         "--mode",
-        choices=["auto", "approve", "alert"],
-        default="approve",
+        choices=MODES,
+        default=APPROVE_MODE,
         help="approve (default): the first champion and later ones wait for `approve`; auto: deploy on a PROMOTE verdict",
     )
     onboard.add_argument(

@@ -21,7 +21,7 @@ from retrain_platform.demo_data import HISTORY_END, DemoCustomer, batch_window, 
 from retrain_platform.ledger import LedgerEntry
 from retrain_platform.replay import ReplayBatch, arrive
 from retrain_platform.runner import BatchOutcome, Firing, RunOutcome, Runner
-from retrain_platform.spec import CustomerSpec, complete_spec, parse_spec
+from retrain_platform.spec import APPROVE_MODE, CustomerSpec, complete_spec, parse_spec
 
 DEMO_TRIGGER = "demo"
 FIRST_TRAINING = f"{DEMO_TRIGGER}: first training"
@@ -94,7 +94,7 @@ def review_approvals(runner: Runner, specs: list[CustomerSpec], now: pd.Timestam
     """Approve, as a person would, the latest version of each approve-mode customer awaiting approval."""
     approved = []
     for spec in specs:
-        if spec.mode == "approve" and deployment.pending_versions(runner.registry, spec):
+        if spec.mode == APPROVE_MODE and deployment.pending_versions(runner.registry, spec):
             approved.append(
                 deployment.approve(runner.warehouse, runner.registry, spec, now=now.to_pydatetime(), approved_by=REVIEWER)
             )

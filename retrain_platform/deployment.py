@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from retrain_platform import evaluation as evaluation_verdicts
 from retrain_platform import ledger
 from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
 from retrain_platform.spec import CustomerSpec
@@ -20,9 +21,6 @@ PENDING = "pending"
 APPROVED = "approved"
 SUPERSEDED = "superseded"
 ROLLBACK_VERDICT = "ROLLBACK"
-PROMOTE_VERDICT = "PROMOTE"
-# The ledger action of a person's (or the canary's) promotion; the rollback sensor watches it like "promote".
-APPROVE_ACTION = "approve"
 
 
 class DeploymentError(ValueError):
@@ -67,7 +65,7 @@ def approve(
         version,
         pending,
         now=now,
-        verdict=evaluation["verdict"] if evaluation is not None else PROMOTE_VERDICT,
+        verdict=evaluation["verdict"] if evaluation is not None else evaluation_verdicts.PROMOTE,
         reasons=f"approved by {approved_by}" + ("" if evaluation is None else f"; evaluation: {evaluation['reasons']}"),
         trigger=f"approval: {approved_by}",
         dagster_run_id=dagster_run_id,
@@ -105,7 +103,7 @@ def promote_challenger(
         raise DeploymentError(f"version {version} is already the champion of {spec.customer}")
     return _promote_approved(
         warehouse, registry, spec, version, pending_versions(registry, spec),
-        now=now, verdict=PROMOTE_VERDICT, reasons=reasons, trigger=trigger, dagster_run_id=dagster_run_id,
+        now=now, verdict=evaluation_verdicts.PROMOTE, reasons=reasons, trigger=trigger, dagster_run_id=dagster_run_id,
     )  # fmt: skip
 
 
@@ -132,7 +130,7 @@ def _promote_approved(
     entry = ledger.LedgerEntry(
         customer=spec.customer,
         model_name=spec.model_name,
-        action=APPROVE_ACTION,
+        action=ledger.APPROVE,
         verdict=verdict,
         from_version=before,
         to_version=version,
@@ -174,7 +172,7 @@ def rollback(
     entry = ledger.LedgerEntry(
         customer=spec.customer,
         model_name=spec.model_name,
-        action="rollback",
+        action=ledger.ROLLBACK,
         verdict=ROLLBACK_VERDICT,
         from_version=left,
         to_version=restored,
@@ -190,5 +188,5 @@ def rollback(
 
 def _awaiting_row(warehouse: Warehouse, customer: str, version: str):
     history = ledger.history(warehouse, customer)
-    rows = history[(history["action"] == "await_approval") & (history["to_version"].astype(str) == version)]
+    rows = history[(history["action"] == ledger.AWAIT_APPROVAL) & (history["to_version"].astype(str) == version)]
     return None if rows.empty else rows.iloc[-1]

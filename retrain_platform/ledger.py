@@ -14,6 +14,20 @@ import pandas as pd
 from retrain_platform.warehouse import Warehouse, quote
 
 LEDGER_TABLE = "model_ledger"
+
+# What a row's `action` says happened. A training writes one of TRAINING_ACTIONS (by its verdict and the
+# customer's mode); a person's or the canary's approval and a rollback move the champion too.
+PROMOTE = "promote"
+AWAIT_APPROVAL = "await_approval"
+ALERT_ONLY = "alert"
+HOLD = "hold"
+REJECT = "reject"
+APPROVE = "approve"
+ROLLBACK = "rollback"
+TRAINING_ACTIONS = (PROMOTE, AWAIT_APPROVAL, HOLD, REJECT, ALERT_ONLY)
+CHAMPION_MOVES = (PROMOTE, APPROVE, ROLLBACK)
+# The moves that put a new version in place (a rollback goes back to a known one).
+PROMOTIONS = (PROMOTE, APPROVE)
 LEDGER_COLUMNS = [
     "recorded_at",
     "customer",
@@ -34,7 +48,7 @@ LEDGER_COLUMNS = [
 class LedgerEntry:
     customer: str
     model_name: str
-    action: str  # promote | hold | reject | rollback | approve
+    action: str  # one of TRAINING_ACTIONS, APPROVE or ROLLBACK
     verdict: str
     from_version: str | None
     to_version: str | None

@@ -27,6 +27,7 @@ from retrain_platform.ingest import (
     conform,
 )
 from retrain_platform.spec import (
+    APPROVE_MODE,
     CustomerSpec,
     Mode,
     SpecError,
@@ -69,7 +70,7 @@ class OnboardingRequest:
     features: list[str] | None = None
     categorical: list[str] = field(default_factory=list)
     task: Task | None = None
-    mode: Mode = "approve"
+    mode: Mode = APPROVE_MODE
     batch_period: str = "auto"
     reuse: bool = False
 

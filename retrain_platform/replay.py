@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from retrain_platform import evaluation, ledger
 from retrain_platform.onboarding import OnboardingError, OnboardingRequest, prepare
-from retrain_platform.spec import CustomerSpec, SpecError, parse_spec
+from retrain_platform.spec import AUTO_MODE, CustomerSpec, SpecError, parse_spec
 
 NEVER, SCHEDULED, DRIFT, PERFORMANCE, DEFAULT, ALWAYS = "never", "scheduled", "drift", "performance", "default", "always"
 POLICIES = (NEVER, SCHEDULED, DRIFT, PERFORMANCE, DEFAULT, ALWAYS)
@@ -46,7 +47,6 @@ HOME_MARKER = ".retrain-replay"
 LOG_NAME = "replay.log"
 # The home where the first model is trained once; every policy's home starts as a copy of it.
 FIRST_MODEL_HOME = "first-model"
-TRAINING_ACTIONS = ("promote", "hold", "reject", "await_approval", "alert")
 
 _UNITS = {"d": "day", "w": "week", "m": "month", "q": "quarter", "y": "year"}
 _SIZE = re.compile(r"^(\d+)?\s*([a-z]+)$")
@@ -202,7 +202,7 @@ def plan_replay(
         id_column = _free_name(frame, "row_id")
         frame = frame.assign(**{id_column: np.arange(1, len(frame) + 1)})
     request = OnboardingRequest(
-        customer=REPLAY_CUSTOMER, label=label, timestamp=timestamp, id_column=id_column, mode="auto"
+        customer=REPLAY_CUSTOMER, label=label, timestamp=timestamp, id_column=id_column, mode=AUTO_MODE
     )
     try:
         prepared = prepare(frame, request)
@@ -447,12 +447,12 @@ def _count_decisions(result: PolicyResult, history: pd.DataFrame, plan: ReplayPl
         result.events.append(
             {"batch": batch_number, "action": row.action, "verdict": row.verdict, "trigger": row.trigger}
         )
-        if row.action in TRAINING_ACTIONS:
+        if row.action in ledger.TRAINING_ACTIONS:
             result.retrains += 1
-        result.promotions += row.action == "promote"
-        result.holds += row.verdict == "HOLD"
-        result.rejections += row.verdict == "REJECT"
-        result.rollbacks += row.action == "rollback"
+        result.promotions += row.action == ledger.PROMOTE
+        result.holds += row.verdict == evaluation.HOLD
+        result.rejections += row.verdict == evaluation.REJECT
+        result.rollbacks += row.action == ledger.ROLLBACK
 
 
 _progress_queue = None
@@ -633,8 +633,8 @@ def draw_chart(results: list[PolicyResult], plan: ReplayPlan, path: Path, title:
         (line,) = metric_axis.plot(
             positions, values, styles[row % len(styles)], linewidth=1.5, label=f"{result.policy}: mean {mean}"
         )
-        for symbol, actions, size in (("x", None, 7), ("*", ("promote",), 12), ("v", ("rollback",), 8)):
-            at = [e["batch"] for e in result.events if (e["action"] in actions if actions else e["action"] in TRAINING_ACTIONS)]
+        for symbol, actions, size in (("x", None, 7), ("*", (ledger.PROMOTE,), 12), ("v", (ledger.ROLLBACK,), 8)):
+            at = [e["batch"] for e in result.events if (e["action"] in actions if actions else e["action"] in ledger.TRAINING_ACTIONS)]
             if at:
                 event_axis.plot(at, [row] * len(at), symbol, color=line.get_color(), markersize=size)
     event_axis.set_yticks(range(len(shown)), [f"{r.policy} ({r.retrains})" for r in shown], fontsize=8)

@@ -20,6 +20,11 @@ IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 Task = Literal["binary", "multiclass", "regression"]
 FeatureKind = Literal["numeric", "categorical"]
 Mode = Literal["auto", "approve", "alert"]
+# auto: a PROMOTE verdict deploys; approve: it waits for `approve`; alert: nothing moves, an alert says so.
+AUTO_MODE: Mode = "auto"
+APPROVE_MODE: Mode = "approve"
+ALERT_MODE: Mode = "alert"
+MODES: tuple[Mode, ...] = (AUTO_MODE, APPROVE_MODE, ALERT_MODE)
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2", "calibration_slope")
@@ -187,7 +192,7 @@ class CustomerSpec(BaseModel):
         default_factory=dict,
         description="overrides of retrain_platform.drift.DriftThresholds, including per_feature ones",
     )
-    mode: Mode = "auto"
+    mode: Mode = AUTO_MODE
     decision: DecisionSettings = Field(default_factory=DecisionSettings)
     automation: AutomationSettings = Field(default_factory=AutomationSettings)
     canary_fraction: float = Field(

@@ -42,7 +42,7 @@ def customer_status(warehouse: Warehouse, registry: ModelRegistry) -> list[dict]
                 "primary_metric": spec.primary_metric,
                 "champion_metric": metric,
                 "last_verdict": None if mine.empty else str(mine["verdict"].iloc[-1]),
-                "promotions": int(mine["action"].isin(["promote", "approve"]).sum()),
+                "promotions": int(mine["action"].isin(ledger.PROMOTIONS).sum()),
                 # Customers set up before `onboard` existed (the demo) have no onboarding record: they are live.
                 "onboarding": onboarding_state.get(spec.customer, onboarding.READY),
                 "quarantined_batches": quarantined.get(spec.customer, 0),

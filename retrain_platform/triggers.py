@@ -26,9 +26,7 @@ NEW_LABELS = "new_labels"
 SCHEDULE = "schedule"
 AUTO_ROLLBACK = "auto_rollback"
 
-# Ledger actions written by a training run (deployed_model), as opposed to a person's approval or a rollback.
-TRAINING_ACTIONS = ("promote", "await_approval", "hold", "reject", "alert")
-CHAMPION_MOVES = ("promote", "approve", "rollback")
+TRAINING_ACTIONS, CHAMPION_MOVES = ledger.TRAINING_ACTIONS, ledger.CHAMPION_MOVES
 
 
 @dataclass(frozen=True)
@@ -334,7 +332,7 @@ def rollback_trigger(
 
     Only the first batches after the promotion are judged, so the decision is made once; a rollback is not
     itself judged (that would flip the champion back and forth)."""
-    if move is None or move.action not in ("promote", "approve") or move.from_version is None:
+    if move is None or move.action not in ledger.PROMOTIONS or move.from_version is None:
         return None
     if champion_version is None or move.to_version != champion_version:
         return None

@@ -643,6 +643,7 @@ def test_a_password_with_reserved_characters_is_sent_decoded():
     assert hook.requests[0]["authorization"] == basic("ops@acme", "p:ss/w")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_cli_rollback_sends_its_alert_with_the_credentials_as_a_header_and_writes_no_secret(trained):
     """The webhook answers 500: the alert still arrives with its header, and the failure names the host only."""

@@ -61,6 +61,7 @@ def test_status_on_an_empty_home_fails_with_one_line(how, tmp_path):
     assert list(empty.iterdir()) == []  # looking does not create a home
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_status_json_after_training_lists_every_customer_with_the_documented_keys(trained_home, tmp_path):
     platform = trained_home
@@ -160,6 +161,7 @@ def test_demo_trains_every_demo_customer_and_status_shows_the_champions(tmp_path
             assert re.search(monitored, completed.stdout, re.MULTILINE)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_rollback_with_a_webhook_applies_once_and_sends_the_alert(trained_customer, copy_platform, tmp_path):
     """A set webhook used to crash `rollback` after the move (an unresolved EnvVar); a re-run then undid it."""

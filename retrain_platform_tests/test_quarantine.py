@@ -225,6 +225,7 @@ def test_onboarding_refuses_a_future_timestamp_naming_the_column_and_rule():
     )
 
 
+@pytest.mark.e2e
 def test_onboarding_refuses_an_infinity_in_one_line(tmp_path):
     history = labelled_history()
     history.loc[11, "spend"] = np.inf

@@ -172,6 +172,7 @@ def test_a_moved_alias_answers_without_restart(served):
     assert registry.alias_version(name, CHAMPION) == "1"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_canary_share_and_the_warehouse_log(served):
     platform, spec, server, http, service = served

@@ -41,7 +41,7 @@ from retrain_platform.ingest import is_history_batch, split_batch_partition_key
 from retrain_platform.registry import CHAMPION
 from retrain_platform.serving import ONLINE_PREDICTIONS_TABLE
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG, schedules
-from retrain_platform.spec import CustomerSpec
+from retrain_platform.spec import ALERT_MODE, AUTO_MODE, CustomerSpec
 from retrain_platform.triggers import Trigger
 from retrain_platform.warehouse import Warehouse
 
@@ -191,16 +191,16 @@ def react_to_triggers(
     in_flight = partitions_in_flight(context.instance) if found else set()
     trained = evidence.last_trainings(db) if found else {}
     # Counted in the customers' own tables, so only where the answer matters (not in alert mode).
-    counted = [spec for spec, _ in found if spec.mode != "alert" and needs_new_labels]
+    counted = [spec for spec, _ in found if spec.mode != ALERT_MODE and needs_new_labels]
     labelled = evidence.labelled_rows(db, counted, {spec.customer: snapshot_table(spec.customer) for spec in counted})
     for spec, trigger in found:
         customer, key = spec.customer, trigger.evidence_key
-        if spec.mode != "alert" and cursor.launched.get(customer) == key:
+        if spec.mode != ALERT_MODE and cursor.launched.get(customer) == key:
             continue
         cooldown_ends = triggers.cooldown_ends(trained.get(customer), spec.automation.cooldown_hours)
         needed = spec.automation.min_labelled_rows
         fresh = labelled[customer][0] if customer in labelled else None
-        if spec.mode == "alert":
+        if spec.mode == ALERT_MODE:
             outcome = "alert mode: no retraining, a person decides"
         elif fresh is not None and fresh < needed:
             outcome = f"no new labels yet: {fresh} labelled rows since the last training, a retraining needs {needed}"
@@ -223,7 +223,7 @@ def react_to_triggers(
             cursor.launched[customer] = key
             outcome = f"retraining requested (run key {trigger.run_key})"
             context.log.info(f"{customer}: {trigger.text}")
-        if (alert_kind or spec.mode == "alert") and cursor.alerted.get(customer) != key:
+        if (alert_kind or spec.mode == ALERT_MODE) and cursor.alerted.get(customer) != key:
             message = f"{trigger.reason}; {outcome}"
             alert_channel.send(db, Alert(now, customer, alert_kind or trigger.kind, message), log=context.log)
             cursor.alerted[customer] = key
@@ -529,7 +529,7 @@ def auto_rollback_sensor(
     requests = []
     page = customer_page(context, db, cursor) if db.table_exists(monitoring.DRIFT_BATCHES_TABLE) else []
     moves = evidence.last_champion_moves(db) if page else {}
-    judged = [spec for spec in page if spec.customer in moves and moves[spec.customer].action in ("promote", "approve")]
+    judged = [spec for spec in page if spec.customer in moves and moves[spec.customer].action in ledger.PROMOTIONS]
     champions = evidence.alias_versions(registry.get_registry(), [spec.model_name for spec in judged], CHAMPION)
     shadows = evidence.shadow_comparisons(db, {spec.customer: spec.primary_metric for spec in judged})
 
@@ -549,7 +549,7 @@ def auto_rollback_sensor(
     found = _each_customer(context, judged, find)
     for spec, trigger in found:
         key = trigger.evidence_key
-        if spec.mode == "alert":
+        if spec.mode == ALERT_MODE:
             if cursor.alerted.get(spec.customer) != key:
                 message = f"{trigger.reason}; alert mode: not rolled back"
                 alerts.send(db, Alert(now, spec.customer, ROLLBACK, message), log=context.log)
@@ -657,7 +657,7 @@ def canary_sensor(
             continue
         challenger, champion = comparison.challenger.model_version, comparison.champion.model_version
         key = f"v{challenger}-vs-v{champion}"
-        if spec.mode != "auto":
+        if spec.mode != AUTO_MODE:
             if cursor.alerted.get(customer) != key:
                 message = (
                     f"canary: version {challenger} is significantly better online than champion {champion} "
@@ -711,7 +711,7 @@ def deployment_alerts_sensor(
     for record in records:
         materialization = record.asset_materialization
         action = materialization.metadata["action"].value if "action" in materialization.metadata else None
-        kind = {"reject": REJECTED, "await_approval": AWAITING_APPROVAL, "alert": CHALLENGER_READY}.get(action)
+        kind = {ledger.REJECT: REJECTED, ledger.AWAIT_APPROVAL: AWAITING_APPROVAL, ledger.ALERT_ONLY: CHALLENGER_READY}.get(action)
         if kind is None:
             continue
         customer = record.partition_key
@@ -777,7 +777,7 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext, warehouse: dg.Resou
     now = _naive_utc(context.scheduled_execution_time)
     requests, skipped = [], []
     for spec in customer_specs(context.instance, db):
-        if spec.mode == "alert" or not spec.automation.scheduled_retraining:
+        if spec.mode == ALERT_MODE or not spec.automation.scheduled_retraining:
             continue
         if training_in_flight(context.instance, spec.customer):
             skipped.append(f"{spec.customer}: training in flight")

@@ -32,6 +32,7 @@ from retrain_platform.defs.training import WarehouseProvider, retry_when_busy
 from retrain_platform.ingest import batch_partition_key
 from retrain_platform.registry import CHALLENGER, CHAMPION
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG
+from retrain_platform.spec import APPROVE_MODE
 from retrain_platform.warehouse import quote
 
 ONBOARDING_TRAINING_SENSOR = "onboarding_training_sensor"
@@ -259,7 +260,7 @@ def _ready_message(registry: MlflowRegistry, spec) -> str:
     if champion is not None:
         return f"onboarded: champion version {champion} serves models:/{spec.model_name}@champion"
     challenger = models.alias_version(spec.model_name, CHALLENGER)
-    if challenger is not None and spec.mode == "approve":
+    if challenger is not None and spec.mode == APPROVE_MODE:
         return (
             f"onboarded: version {challenger} awaits approval; review data_profile and evaluation_report, then run "
             f"`retrain-platform approve {spec.customer}`"

@@ -18,7 +18,8 @@ from retrain_platform import customers as customer_store
 from retrain_platform import ledger, performance, quality
 from retrain_platform.defs.partitions import customers
 from retrain_platform.defs.resources import Clock, MlflowRegistry
-from retrain_platform.evaluation import EvaluationReport, ModelOutput, evaluate
+from retrain_platform.deployment import APPROVAL_TAG, PENDING
+from retrain_platform.evaluation import PROMOTE, EvaluationReport, ModelOutput, evaluate
 from retrain_platform.ingest import BATCH_COLUMN
 from retrain_platform.modelling import (
     FeatureSet,
@@ -42,7 +43,7 @@ from retrain_platform.registry import (
     THRESHOLD_TAG,
 )
 from retrain_platform.settings import TRIGGER_TAG
-from retrain_platform.spec import CustomerSpec
+from retrain_platform.spec import APPROVE_MODE, AUTO_MODE, CustomerSpec
 from retrain_platform.status import HOLDOUT_ESTIMATED_TAG_PREFIX, HOLDOUT_TAG_PREFIX
 from retrain_platform.warehouse import Warehouse, quote
 
@@ -554,14 +555,14 @@ def deployed_model(
     before = models.alias_version(spec.model_name, CHAMPION)
     challenger = candidate_models.challenger_version
 
-    if decision == "PROMOTE" and spec.mode == "auto":
+    if decision == PROMOTE and spec.mode == AUTO_MODE:
         models.promote(spec.model_name, challenger)
-        action = "promote"
-    elif decision == "PROMOTE" and spec.mode == "approve":
-        models.set_version_tag(spec.model_name, challenger, "approval", "pending")
-        action = "await_approval"
-    elif decision == "PROMOTE":
-        action = "alert"
+        action = ledger.PROMOTE
+    elif decision == PROMOTE and spec.mode == APPROVE_MODE:
+        models.set_version_tag(spec.model_name, challenger, APPROVAL_TAG, PENDING)
+        action = ledger.AWAIT_APPROVAL
+    elif decision == PROMOTE:
+        action = ledger.ALERT_ONLY
     else:
         action = decision.lower()
     after = models.alias_version(spec.model_name, CHAMPION)
