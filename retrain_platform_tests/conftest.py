@@ -209,6 +209,19 @@ def _remove_default_home() -> Iterator[None]:
     shutil.rmtree(_DEFAULT_HOME, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_definitions_state() -> Iterator[None]:
+    """Each test starts with no ambient definitions-state storage. An entered DagsterInstance installs its own
+    in a context variable, and exiting two instances out of order (a session fixture's and a test's) leaves one
+    whose instance is gone; the next `materialize` on that worker then fails with "undefined DagsterInstance
+    weakref". None of our definitions keep state there."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+    yield
+    _current_storage.set(None)
+
+
 @pytest.fixture(scope="session")
 def demo_data() -> dict[str, DemoCustomer]:
     """The five demo customers (seed 0), small: 2,000 history rows and 6 weekly batches of 500 rows."""
