@@ -75,7 +75,7 @@ def prepare(home_dir: Path, rows: int, train_rows: int, write_rows: int, labelle
     from retrain_platform import drift, monitoring
     from retrain_platform.demo_data import HISTORY_END, make_benchmark_frame
     from retrain_platform.ingest import BATCH_COLUMN, HISTORY_BATCH
-    from retrain_platform.modelling import SearchSettings, make_features, train_candidates
+    from retrain_platform.modelling import SearchSettings, make_features, refit_with_holdout, train_candidates
     from retrain_platform.settings import Home
     from retrain_platform.spec import complete_spec, parse_spec
     from retrain_platform.warehouse import Warehouse, duckdb_connection_factory, quote
@@ -92,13 +92,13 @@ def prepare(home_dir: Path, rows: int, train_rows: int, write_rows: int, labelle
 
     started = time.perf_counter()
     features = make_features(history, spec)
-    candidates = sorted(
-        train_candidates(features, SearchSettings(n_iter=2, n_splits=2, max_search_rows=20_000)),
-        key=lambda c: -c.cv_score,
-    )
-    champion, challenger = candidates[0], candidates[1] if len(candidates) > 1 else candidates[0]
+    training = train_candidates(features, SearchSettings(n_iter=2, n_splits=2, max_search_rows=20_000))
+    # Two distinct models to score with, as production has: the winner as judged, and as it serves (refit
+    # with the holdout rows).
+    champion, (challenger, _) = training.model, refit_with_holdout(features, training)
+    family = training.winner.family
     train_seconds = time.perf_counter() - started
-    predictions, kind = monitoring.baseline_predictions(champion.pipeline, features.X_train, spec.task)
+    predictions, kind = monitoring.baseline_predictions(champion, features.X_train, spec.task)
     baseline = drift.build_baseline(
         features.X_train,
         spec.kinds,
@@ -112,8 +112,8 @@ def prepare(home_dir: Path, rows: int, train_rows: int, write_rows: int, labelle
     with open(home.root / "models.pkl", "wb") as handle:
         pickle.dump(
             {
-                "champion": (f"1 ({champion.family})", champion.pipeline),
-                "challenger": (f"2 ({challenger.family})", challenger.pipeline),
+                "champion": (f"1 ({family})", champion),
+                "challenger": (f"2 ({family}, refit with the holdout)", challenger),
             },
             handle,
         )
@@ -143,9 +143,9 @@ def prepare(home_dir: Path, rows: int, train_rows: int, write_rows: int, labelle
     return {
         "train_seconds": train_seconds,
         "write_seconds": write_seconds,
-        "champion": champion.family,
-        "challenger": challenger.family,
-        "cv": {c.family: round(c.cv_score, 4) for c in candidates},
+        "champion": family,
+        "challenger": f"{family}, refit with the holdout",
+        "cv": {c.family: round(c.cv_score, 4) for c in training.candidates},
         "baseline_kb": len(baseline.to_json()) / 1024,
         "warehouse_mb": size_mb,
         "peak_mb": peak_rss_mb(),
