@@ -31,6 +31,7 @@ from retrain_platform.evaluation import (
     required_gain,
     unpaired_bootstrap_difference,
 )
+from retrain_platform.monitoring import PREDICTION, SCORE
 from retrain_platform.registry import CHALLENGER, CHAMPION, ModelRegistry
 from retrain_platform.serving import CHALLENGER_ARM, CHAMPION_ARM, ONLINE_PREDICTIONS_TABLE
 from retrain_platform.spec import CustomerSpec, class_value, class_values
@@ -110,7 +111,7 @@ def min_labelled_rows(spec: CustomerSpec) -> int:
 def labelled_answers(warehouse: Warehouse, spec: CustomerSpec) -> pd.DataFrame:
     """The customer's logged online answers whose row has a label in the landing table: row_id, arm,
     model_version, prediction, score, predicted_at and `label`."""
-    columns = ["row_id", "arm", "model_version", "prediction", "score", "predicted_at", LABEL]
+    columns = ["row_id", "arm", "model_version", PREDICTION, SCORE, "predicted_at", LABEL]
     if spec.id_column is None or not (
         warehouse.table_exists(ONLINE_PREDICTIONS_TABLE) and warehouse.table_exists(spec.landing_table)
     ):
@@ -118,7 +119,7 @@ def labelled_answers(warehouse: Warehouse, spec: CustomerSpec) -> pd.DataFrame:
     key, label = quote(spec.id_column), quote(spec.label_column)
     # The log keeps ids as text; the landing table as the file typed them (an integer id is 7 there, "7" here).
     return warehouse.query(
-        f'select p."row_id", p."arm", p."model_version", p."prediction", p."score", p."predicted_at", '
+        f'select p."row_id", p."arm", p."model_version", p.{quote(PREDICTION)}, p.{quote(SCORE)}, p."predicted_at", '
         f"l.{label} as {quote(LABEL)} "
         f"from {quote(ONLINE_PREDICTIONS_TABLE)} p join {quote(spec.landing_table)} l "
         f'on cast(l.{key} as varchar) = p."row_id" '
@@ -314,12 +315,12 @@ def _truth(task: str, frame: pd.DataFrame) -> np.ndarray:
 
 def _output(task: str, frame: pd.DataFrame, classes: list[str]) -> ModelOutput:
     if task == "regression":
-        return ModelOutput.from_values(frame["prediction"].astype(float).to_numpy())
+        return ModelOutput.from_values(frame[PREDICTION].astype(float).to_numpy())
     # serving logs str(class_value(prediction)), the form `_truth` gives the labels.
-    predicted = frame["prediction"].astype(str).to_numpy(dtype=object)
+    predicted = frame[PREDICTION].astype(str).to_numpy(dtype=object)
     classes_array = np.array(classes, dtype=object)
     if task == "binary":
-        positive = frame["score"].astype(float).to_numpy()
+        positive = frame[SCORE].astype(float).to_numpy()
         proba = np.column_stack([1.0 - positive, positive])
     else:
         # Only the top probability is logged: the predicted class carries it, which threshold metrics ignore.

@@ -27,6 +27,8 @@ SCORING_TABLE = "batch_predictions_scoring"
 DRIFT_TABLE = "drift_statistics"
 METRICS_TABLE = "batch_metrics"
 DRIFT_BATCHES_TABLE = "drift_batches"
+# The columns a stored prediction has besides its row: the predicted value (as text) and its score.
+PREDICTION = "prediction"
 SCORE = "score"
 CHAMPION_ROLE = "champion"
 MAX_METRIC_ROWS = 1_000_000
@@ -129,7 +131,7 @@ def score_batch(
                         "row_id": row_ids.to_numpy(),
                         "model_role": role,
                         "model_version": str(version),
-                        "prediction": pd.Series(predicted).astype(str).to_numpy(),
+                        PREDICTION: pd.Series(predicted).astype(str).to_numpy(),
                         SCORE: score,
                     }
                 )

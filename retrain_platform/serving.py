@@ -463,7 +463,7 @@ class PredictionLog:
     `flush_seconds`: a request never waits for the warehouse. A write that fails (DuckDB's one writer is
     another process) is retried at the next flush."""
 
-    columns = ("customer", "row_id", "arm", "model_version", "prediction", "score", "predicted_at")
+    columns = ("customer", "row_id", "arm", "model_version", monitoring.PREDICTION, monitoring.SCORE, "predicted_at")
 
     def __init__(self, warehouse: Warehouse, flush_seconds: float = FLUSH_SECONDS, max_buffered: int = MAX_BUFFERED_ROWS):
         self.warehouse = warehouse
@@ -499,7 +499,7 @@ class PredictionLog:
             if not records:
                 return 0
             frame = pd.DataFrame.from_records(records, columns=list(self.columns))
-            frame["score"] = frame["score"].astype(float)
+            frame[monitoring.SCORE] = frame[monitoring.SCORE].astype(float)
             frame["predicted_at"] = pd.to_datetime(frame["predicted_at"])
             try:
                 self.warehouse.write(ONLINE_PREDICTIONS_TABLE, frame)
