@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CHAMPION = "champion"
@@ -263,11 +265,10 @@ class ModelRegistry:
         self.client.log_dict(run_id, data, artifact_file)
 
     def load_dict(self, run_id: str, artifact_file: str) -> dict:
-        import mlflow.artifacts
-
-        self._activate()
-        text = mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
-        return json.loads(text)
+        # Through this registry's own client, not the fluent API's process-wide URIs, which another registry
+        # in the same process (a test, a server) may have pointed elsewhere.
+        with tempfile.TemporaryDirectory() as folder:
+            return json.loads(Path(self.client.download_artifacts(run_id, artifact_file, folder)).read_text())
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)

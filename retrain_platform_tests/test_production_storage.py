@@ -372,7 +372,7 @@ def test_train_promote_and_roll_back_through_an_mlflow_server(mlflow_server, ope
         assert moves.iloc[1]["dagster_run_id"] == second.run_id
         assert moves.iloc[1]["champion_after"] == "1"
         assert moves.iloc[2:].values.tolist() == [
-            [deployment.APPROVE_ACTION, "1", "2", "2", None],
+            [ledger.APPROVE, "1", "2", "2", None],
             ["rollback", "2", "1", "1", None],
         ]
         assert (promoted.champion_after, rolled_back.champion_after) == ("2", "1")

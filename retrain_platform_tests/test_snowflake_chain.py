@@ -148,6 +148,9 @@ def chain(tmp_path_factory, demo_data) -> Chain:
         ):
             for name, value in environment.items():
                 patch.setenv(name, value)
+            # MLflow exports the URIs a registry set to the environment; an earlier test's registry URI would
+            # point this one at another home's models.
+            patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
             resources = {**production_resources(), "clock": Clock(frozen_at=TRAINED_AT.isoformat())}
             with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
                 runner = Runner(definitions(resources), instance)
