@@ -30,7 +30,7 @@ from dagster._serdes.config_class import ConfigurableClassData
 
 from retrain_platform import settings
 from retrain_platform.defs.resources import SharedIOManager, local_resources
-from retrain_platform_tests.conftest import TEST_SEARCH, Platform, project_definitions
+from retrain_platform_tests.conftest import TEST_SEARCH, Platform, project_definitions, skip_unless_required
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -172,7 +172,7 @@ def test_instance_watches_run_workers_and_sends_no_telemetry(instance_config):
 def _compose(*arguments: str, env_file: Path) -> subprocess.CompletedProcess:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose is not installed (Debian package `docker-compose`)")
+        skip_unless_required("docker-compose is not installed (Debian package `docker-compose`)")
     # Only PATH and HOME: no variable of the developer's shell may fill in a secret the env file lacks.
     clean = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
     return subprocess.run(

@@ -36,7 +36,7 @@ from retrain_platform.defs.resources import Clock, MlflowRegistry
 from retrain_platform.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION
 from retrain_platform.runner import Runner
 from retrain_platform.settings import CUSTOMER_TAG, TRIGGER_TAG
-from retrain_platform_tests.conftest import TEST_SEARCH, project_definitions
+from retrain_platform_tests.conftest import TEST_SEARCH, project_definitions, skip_unless_required
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ def postgres() -> Iterator[PostgresServer]:
     with an empty `dagster` database; stopped and deleted afterwards. As root, the server runs as `postgres`."""
     binaries = _postgres_binaries()
     if binaries is None:
-        pytest.skip("PostgreSQL's server binaries are not installed (Debian package `postgresql`; .ci/run installs it)")
+        skip_unless_required("PostgreSQL's server binaries are not installed (Debian package `postgresql`; .ci/run installs it)")
     as_owner: list[str] = []
     # Not under pytest's tmp_path: its folders are private to root, and the server's user must reach its files.
     root = Path(tempfile.mkdtemp(prefix="retrain-postgres-"))
@@ -121,7 +121,7 @@ def postgres() -> Iterator[PostgresServer]:
             owner = pwd.getpwnam(POSTGRES_OS_USER)
         except KeyError:
             shutil.rmtree(root)
-            pytest.skip(f"running as root and there is no `{POSTGRES_OS_USER}` user to run PostgreSQL as")
+            skip_unless_required(f"running as root and there is no `{POSTGRES_OS_USER}` user to run PostgreSQL as")
         for path in (root, root / "password"):
             os.chown(path, owner.pw_uid, owner.pw_gid)
         as_owner = ["runuser", "-u", POSTGRES_OS_USER, "--"]

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 
 from retrain_platform import drift, monitoring
-from retrain_platform.defs.resources import DuckDBWarehouse, SnowflakeWarehouse
 from retrain_platform.ingest import BATCH_COLUMN
-from retrain_platform.warehouse import Warehouse
+from retrain_platform_tests.test_warehouse import warehouse  # noqa: F401  (the DuckDB and fakesnow fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -24,18 +23,6 @@ NUMBER = "température moyenne"
 INTEGER = "wind-speed km"
 CATEGORY = "type de ciel"
 FLAG = "a-flag"
-
-
-@pytest.fixture(params=["duckdb", "snowflake"])
-def warehouse(request, tmp_path) -> Warehouse:
-    if request.param == "duckdb":
-        yield DuckDBWarehouse(database=str(tmp_path / "warehouse.duckdb")).get_warehouse()
-        return
-    import fakesnow
-
-    (tmp_path / "fakesnow").mkdir()
-    with fakesnow.patch(db_path=tmp_path / "fakesnow"):
-        yield SnowflakeWarehouse(account="acct", user="u", password="p", database="DB", schema="PUBLIC").get_warehouse()
 
 
 def reference(rng: np.random.Generator) -> pd.DataFrame:

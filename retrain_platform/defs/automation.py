@@ -9,15 +9,12 @@ tags and the training's `trigger` config say why the run exists, so the ledger a
 the wall clock.
 """
 
-import functools
 import json
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import dagster as dg
-import duckdb
 
 from retrain_platform import customers as customer_store
 from retrain_platform import canary, deployment, drift, evidence, ledger, monitoring, triggers
@@ -31,10 +28,9 @@ from retrain_platform.alerts import (
     RUN_FAILURE,
     Alert,
 )
-from retrain_platform.defs import resources as resource_defs
 from retrain_platform.defs.monitoring import monitor_batch, remeasure_batch
 from retrain_platform.defs.partitions import batches, customers
-from retrain_platform.defs.resources import AlertChannel, Clock, DuckDBWarehouse, MlflowRegistry, duckdb_kept_open
+from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry, one_connection_per_tick
 from retrain_platform.defs.run_health import fail_dead_runs, worker_tags
 from retrain_platform.defs.training import WarehouseProvider, deployed_model, snapshot_table, train_customer
 from retrain_platform.ingest import is_history_batch, split_batch_partition_key
@@ -132,29 +128,6 @@ def partitions_in_flight(instance: dg.DagsterInstance) -> set[str]:
     fail_dead_runs(instance)
     records = instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT))
     return {record.dagster_run.tags["dagster/partition"] for record in records if "dagster/partition" in record.dagster_run.tags}
-
-
-def one_connection_per_tick(evaluate):
-    """Evaluate a sensor over one open DuckDB database instead of one per statement: opening the file reads its
-    whole catalog, a quarter to half a second at 1,000 customers' tables, which cost a tick more than its
-    work. Other processes wait for the file meanwhile (dagster-duckdb retries for about a minute), as they wait
-    for any writer. Snowflake and a file this process holds open already (a replay) are left as they are."""
-
-    @functools.wraps(evaluate)
-    def tick(*args, **kwargs):
-        provider = kwargs.get("warehouse")
-        database = getattr(provider, "database", None)
-        # resources.py keeps no public view of the files it holds open; its own registry tells (a replay's file).
-        if not isinstance(provider, DuckDBWarehouse) or database in resource_defs._KEPT_OPEN:
-            return evaluate(*args, **kwargs)
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(duckdb_kept_open(database))
-            except duckdb.Error:
-                pass  # another process holds the file: statement by statement, each waiting its turn
-            return evaluate(*args, **kwargs)
-
-    return tick
 
 
 def customer_specs(instance: dg.DagsterInstance, db: Warehouse) -> list[CustomerSpec]:

@@ -25,9 +25,8 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 from retrain_platform import customers as customer_store
 from retrain_platform import onboarding, profiling
 from retrain_platform.alerts import ONBOARDED, ONBOARDING_FAILED, Alert
-from retrain_platform.defs.automation import one_connection_per_tick
 from retrain_platform.defs.partitions import batches, customers
-from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
+from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry, one_connection_per_tick
 from retrain_platform.defs.training import WarehouseProvider, retry_when_busy
 from retrain_platform.ingest import batch_partition_key
 from retrain_platform.registry import CHALLENGER, CHAMPION

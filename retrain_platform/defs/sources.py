@@ -13,14 +13,10 @@ import dagster as dg
 from retrain_platform import customers as customer_store
 from retrain_platform import evidence, sources
 from retrain_platform.alerts import Alert
-from retrain_platform.defs.automation import (
-    TriggerCursor,
-    customer_specs,
-    one_connection_per_tick,
-)
+from retrain_platform.defs.automation import TriggerCursor, customer_specs
 from retrain_platform.defs.monitoring import monitor_batch, remeasure_batch
 from retrain_platform.defs.partitions import batches
-from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry
+from retrain_platform.defs.resources import AlertChannel, Clock, MlflowRegistry, one_connection_per_tick
 from retrain_platform.defs.training import WarehouseProvider
 from retrain_platform.ingest import (
     IngestError,
