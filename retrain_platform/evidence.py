@@ -9,6 +9,9 @@ questions as `registry.alias_version`, `status.holdout_metrics`, `triggers.last_
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import NamedTuple
+
 import pandas as pd
 
 from retrain_platform import batches, ledger, monitoring, triggers
@@ -165,6 +168,7 @@ def recent_metrics(
                 realized=values.get("realized"),
                 estimated=values.get("estimated"),
                 labelled_rows=int(rows["labelled_rows"].iloc[0]),
+                batch_start=None if pd.isna(rows["batch_start"].iloc[0]) else pd.Timestamp(rows["batch_start"].iloc[0]).to_pydatetime(),
             )
         )
     return found
@@ -210,11 +214,26 @@ def shadow_comparisons(warehouse: Warehouse, metrics: dict[str, str]) -> dict[st
     return found
 
 
-def labelled_rows(warehouse: Warehouse, specs: list[CustomerSpec], snapshot_tables: dict[str, str]) -> dict[str, tuple[int, int]]:
-    """Per customer, the labelled rows a training now would add to its last snapshot and the rows that snapshot
-    holds: `triggers.new_labelled_rows` and `triggers.snapshot_rows` for many customers, counted in the
-    warehouse in one query over their landing and snapshot tables."""
-    found = {spec.customer: (0, 0) for spec in specs}
+class LabelledRows(NamedTuple):
+    """A customer's labelled rows as a training now would see them."""
+
+    fresh: int  # not in the last training's snapshot: `triggers.new_labelled_rows`
+    snapshot_rows: int  # in that snapshot: `triggers.snapshot_rows`
+    window_rows: int = 0  # in the training window
+    since_change: int = 0  # in the window, at or after the customer's `since` time
+
+
+def labelled_rows(
+    warehouse: Warehouse,
+    specs: list[CustomerSpec],
+    snapshot_tables: dict[str, str],
+    since: dict[str, datetime] | None = None,
+) -> dict[str, LabelledRows]:
+    """Per customer, the labelled rows a training now would add to its last snapshot, the rows that snapshot
+    holds, the rows in its training window and, for customers in `since`, those of the window at or after
+    that time; counted in the warehouse in one query over their landing and snapshot tables."""
+    since = since or {}
+    found = {spec.customer: LabelledRows(0, 0) for spec in specs}
     tables = _existing(warehouse, [t for spec in specs for t in (spec.landing_table, snapshot_tables[spec.customer])])
     states = batches.current_states(warehouse) if specs else pd.DataFrame()
     quarantined: dict[str, list[str]] = {}
@@ -237,17 +256,27 @@ def labelled_rows(warehouse: Warehouse, specs: list[CustomerSpec], snapshot_tabl
             column = quote(BATCH_COLUMN)
             kept = f" and (l.{column} is null or l.{column} not in ({', '.join('?' for _ in left_out)}))"
         window = int(spec.training_window_days)
-        parts.append(
-            f'select ? as "customer", (select count(*) from {landing} l where l.{label} is not null '
-            f"and l.{timestamp} >= (select max({timestamp}) from {landing} where {label} is not null) - interval '{window} days' "
-            f'and {unseen}{kept}) as "fresh", '
-            f'(select count(*) from {quote(snapshot)} where "customer" = ?) as "snapshot_rows"'
+        in_window = (
+            f"l.{label} is not null and l.{timestamp} >= "
+            f"(select max({timestamp}) from {landing} where {label} is not null) - interval '{window} days'{kept}"
         )
-        params += [spec.customer, spec.customer, *left_out, spec.customer]
+        changed_at = since.get(spec.customer)
+        parts.append(
+            f'select ? as "customer", (select count(*) from {landing} l where {in_window} and {unseen}) as "fresh", '
+            f'(select count(*) from {quote(snapshot)} where "customer" = ?) as "snapshot_rows", '
+            f'(select count(*) from {landing} l where {in_window}) as "window_rows", '
+            + (f'(select count(*) from {landing} l where {in_window} and l.{timestamp} >= ?)' if changed_at else "0")
+            + ' as "since_change"'
+        )
+        params += [spec.customer, *left_out, spec.customer, spec.customer, *left_out]
+        if changed_at:
+            params += [*left_out, changed_at]
     if parts:
         frame = warehouse.query(" union all ".join(parts), params)
         for row in frame.itertuples():
-            found[str(row.customer)] = (int(row.fresh), int(row.snapshot_rows))
+            found[str(row.customer)] = LabelledRows(
+                int(row.fresh), int(row.snapshot_rows), int(row.window_rows), int(row.since_change)
+            )
     return found
 
 

@@ -212,11 +212,16 @@ def build_preprocessor(spec: CustomerSpec) -> Pipeline:
     return Pipeline([("types", types), ("columns", columns)])
 
 
+def holdout_rows(rows: int, holdout_fraction: float) -> int:
+    """How many of a training's `rows` (the latest, by time) `time_split` holds out to judge it."""
+    split_at = int(round(rows * (1 - holdout_fraction)))
+    return rows - min(max(split_at, 1), rows - 1)
+
+
 def time_split(frame: pd.DataFrame, spec: CustomerSpec) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
     """The latest `holdout_fraction` of rows, by time, is the holdout; the rest trains."""
     ordered = frame.sort_values(spec.timestamp_column, kind="stable").reset_index(drop=True)
-    split_at = int(round(len(ordered) * (1 - spec.holdout_fraction)))
-    split_at = min(max(split_at, 1), len(ordered) - 1)
+    split_at = len(ordered) - holdout_rows(len(ordered), spec.holdout_fraction)
     cutoff = pd.Timestamp(ordered[spec.timestamp_column].iloc[split_at])
     return ordered.iloc[:split_at].reset_index(drop=True), ordered.iloc[split_at:].reset_index(drop=True), cutoff
 

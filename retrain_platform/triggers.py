@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import pandas as pd
 
 from retrain_platform import batches, ledger, monitoring
+from retrain_platform.modelling import holdout_rows
 from retrain_platform.evaluation import GREATER_IS_BETTER, comparable_value, improvement
 from retrain_platform.ingest import BATCH_COLUMN, HISTORY_BATCH, HISTORY_PREFIX
 from retrain_platform.spec import CustomerSpec
@@ -37,6 +38,9 @@ class Trigger:
     customer: str
     evidence_key: str
     reason: str
+    # When the change it saw began: the start of the earliest batch in the run that fired it (not part of the
+    # run key: the same evidence is the same trigger however far back it reaches).
+    since: datetime | None = None
 
     @property
     def run_key(self) -> str:
@@ -73,6 +77,7 @@ class BatchMetric:
     realized: float | None
     estimated: float | None
     labelled_rows: int
+    batch_start: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ def drift_trigger(
         confirmed = f"; confirmed by {confirmation.describe()}"
     ordered = list(reversed(recent))
     version = ordered[-1].model_version
+    run = _leading_run(latest_first, lambda batch: batch.dataset_drifted)
     shares = ", ".join(f"{b.batch_id} {b.drift_share:.0%} ({_first_names(b.drifted_columns)})" for b in ordered)
     return Trigger(
         kind=DRIFT,
@@ -139,7 +145,18 @@ def drift_trigger(
             f"dataset drift in {consecutive} consecutive batches against champion v{version}: {shares}; "
             f"thresholds: {consecutive} batches, dataset drifts at >= {dataset_share:.0%} of features{confirmed}"
         ),
+        since=run[-1].batch_start,
     )
+
+
+def _leading_run(latest_first: list, belongs) -> list:
+    """The newest batches, newest first, up to the first one that does not belong to the run."""
+    run = []
+    for batch in latest_first:
+        if not belongs(batch):
+            break
+        run.append(batch)
+    return run
 
 
 @dataclass(frozen=True)
@@ -173,14 +190,21 @@ class Confirmation:
     def drops(self) -> list[Drop]:
         found = []
         for latest in self.recent[: self.batches]:
-            value = batch_value(latest, self.min_labelled_rows)
-            if value is None:
+            drop = self.drop_of(latest)
+            if drop is None:
                 break
-            reference = self.holdout if value[1] == "realized" else self.holdout_estimated
-            if reference is None or not math.isfinite(reference):
-                break
-            found.append(Drop(latest, value[1], value[0], reference, relative_drop(latest.metric, reference, value[0])))
+            found.append(drop)
         return found
+
+    def drop_of(self, batch: BatchMetric) -> Drop | None:
+        """How far `batch` fell from the holdout, like with like (None when it cannot be told)."""
+        value = batch_value(batch, self.min_labelled_rows)
+        if value is None:
+            return None
+        reference = self.holdout if value[1] == "realized" else self.holdout_estimated
+        if reference is None or not math.isfinite(reference):
+            return None
+        return Drop(batch, value[1], value[0], reference, relative_drop(batch.metric, reference, value[0]))
 
     def holds(self) -> bool:
         """Every one of the latest `batches` batches fell at least `min_drop` below the holdout."""
@@ -236,33 +260,70 @@ def performance_trigger(
     its latest batches fell at least the confirmation's share below the champion's own holdout metric.
 
     The floor is a line the user drew, so one batch across it is enough; a fall from the holdout metric is
-    relative evidence that one noisy batch can fake, so it must last `confirmation.batches` batches."""
+    relative evidence that one noisy batch can fake, so it must last `confirmation.batches` batches.
+
+    The trigger's `since` is the start of the run of the champion's latest batches that are each under the
+    floor or fell by the confirmation's share (`confirmation.recent` may reach further back than its
+    `batches`): where the change that the training must learn began."""
     found = batch_value(latest, min_labelled_rows)
     reasons = []
-    if found is not None and floor is not None:
-        value, corrected = found[0], ""
-        gap = _estimate_gap(confirmation) if found[1] == "estimated" else None
-        if gap is not None:
-            # The floor is in realized units; an estimate is moved by the gap it showed on the holdout.
-            value = found[0] + gap
-            corrected = f" ({value:.4f} corrected by the estimate's gap on the holdout, {gap:+.4f})"
-        if is_below_floor(latest.metric, value, floor):
-            relation = "below the floor" if GREATER_IS_BETTER[latest.metric] else "above the ceiling"
-            reasons.append(
-                f"{found[1]} {latest.metric} {found[0]:.4f}{corrected} of champion v{latest.model_version} on batch "
-                f"{latest.batch_id} ({latest.labelled_rows:,} labelled rows) is {relation} {floor:g}"
-            )
+    below = _below_floor(latest, floor, min_labelled_rows, confirmation)
+    if below is not None:
+        reasons.append(below)
     if confirmation is not None and confirmation.holds():
         reasons.append(f"champion v{confirmation.latest.model_version}: {confirmation.describe()}")
     if not reasons:
         return None
     kind = found[1] if found is not None else confirmation.drops()[0].kind
+
+    def fell(batch: BatchMetric) -> bool:
+        if _below_floor(batch, floor, min_labelled_rows, confirmation) is not None:
+            return True
+        drop = confirmation.drop_of(batch) if confirmation is not None else None
+        return drop is not None and drop.share >= confirmation.min_drop
+
+    earlier = confirmation.recent if confirmation is not None and confirmation.recent[:1] == [latest] else [latest]
+    run = _leading_run(earlier, fell) or [latest]
     return Trigger(
         kind=PERFORMANCE,
         customer=customer,
         evidence_key=f"{latest.batch_id}@v{latest.model_version}:{kind}",
         reason="; ".join(reasons) + f"; realized needs >= {min_labelled_rows:,} labelled rows",
+        since=run[-1].batch_start,
     )
+
+
+def _below_floor(
+    batch: BatchMetric | None, floor: float | None, min_labelled_rows: int, confirmation: Confirmation | None
+) -> str | None:
+    """Why `batch` is worse than the floor, or None when it is not (or cannot be told)."""
+    found = batch_value(batch, min_labelled_rows)
+    if found is None or floor is None:
+        return None
+    value, corrected = found[0], ""
+    gap = _estimate_gap(confirmation) if found[1] == "estimated" else None
+    if gap is not None:
+        # The floor is in realized units; an estimate is moved by the gap it showed on the holdout.
+        value = found[0] + gap
+        corrected = f" ({value:.4f} corrected by the estimate's gap on the holdout, {gap:+.4f})"
+    if not is_below_floor(batch.metric, value, floor):
+        return None
+    relation = "below the floor" if GREATER_IS_BETTER[batch.metric] else "above the ceiling"
+    return (
+        f"{found[1]} {batch.metric} {found[0]:.4f}{corrected} of champion v{batch.model_version} on batch "
+        f"{batch.batch_id} ({batch.labelled_rows:,} labelled rows) is {relation} {floor:g}"
+    )
+
+
+def rows_to_learn(window_rows: int, since_change: int, holdout_fraction: float) -> tuple[int, int]:
+    """Of the `since_change` labelled rows that arrived since a change began, how many a training now would
+    learn from, and how many rows it would hold out: its holdout is the latest `holdout_fraction` of the
+    `window_rows` in its window, so the change's rows fill the holdout first.
+
+    A challenger whose training part holds none of them learns the world before the change and is judged on
+    the world after it: the gate holds it, and the training was spent for nothing."""
+    held_out = holdout_rows(window_rows, holdout_fraction) if window_rows > 1 else window_rows
+    return max(0, since_change - held_out), held_out
 
 
 def _estimate_gap(confirmation: Confirmation | None) -> float | None:
@@ -407,7 +468,7 @@ def recent_metrics(warehouse: Warehouse, customer: str, metric: str, model_versi
     if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
         return []
     frame = warehouse.query(
-        f'select m."batch_id", m."kind", m."value", m."labelled_rows" from {quote(monitoring.METRICS_TABLE)} m '
+        f'select m."batch_id", m."kind", m."value", m."labelled_rows", d."batch_start" from {quote(monitoring.METRICS_TABLE)} m '
         f'join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
         'where m."customer" = ? and m."metric" = ? and m."model_role" = ? and m."model_version" = ? '
         f'and {not_history("m")} order by d."batch_start" desc, m."batch_id" desc',
@@ -425,6 +486,7 @@ def recent_metrics(warehouse: Warehouse, customer: str, metric: str, model_versi
                 realized=values.get("realized"),
                 estimated=values.get("estimated"),
                 labelled_rows=int(rows["labelled_rows"].iloc[0]),
+                batch_start=_start(rows["batch_start"].iloc[0]),
             )
         )
         if len(found) >= limit:
@@ -552,6 +614,10 @@ def _true(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1")
     return bool(value)
+
+
+def _start(value) -> datetime | None:
+    return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 def _text(value) -> str | None:

@@ -604,6 +604,36 @@ def test_drift_without_new_labels_alerts_and_retrains_once_the_labels_arrive(ope
         assert "retraining requested" in alerts_of(fresh, CUSTOMER, alerts.DRIFT)["message"].iloc[-1]
 
 
+@pytest.mark.slow
+def test_performance_waits_until_a_training_could_learn_from_the_batches_that_fell(
+    trained_customer, copy_platform, tmp_path
+):
+    """A change's rows fill a training's holdout first (the latest rows): a challenger that never saw them is
+    judged on them and held. The sensor waits until enough of them would reach the training part."""
+    with copy_platform(trained_customer(CUSTOMER), tmp_path) as platform:
+        # A window that keeps the whole history: 2,000 rows before the change, then 500 per batch.
+        spec = update_spec(
+            platform, CUSTOMER, training_window_days=3650, thresholds={"floor": 0.7}, automation={"cooldown_hours": 0}
+        )
+        batches = platform.demo[CUSTOMER].batches
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        flipped = [batch.assign(churned=1 - batch["churned"]) for batch in batches[:2]]
+        monitor(platform, spec, flipped[0], "b1", now)
+        waiting = tick(platform, performance_sensor, now)
+        assert waiting.run_requests == []
+        start = pd.Timestamp(batches[0][spec.timestamp_column].min()).floor("D")
+        (said,) = alerts_of(platform, CUSTOMER, alerts.PERFORMANCE)["message"]
+        assert "is below the floor 0.7" in said
+        assert f"too few labels after the change yet: 500 labelled rows since {start:%Y-%m-%d}" in said
+        assert "holds out its latest 500 rows to judge itself, so it would learn from 0 of them" in said
+
+        # The second bad batch extends the run back to b1: its rows and b1's now outnumber the holdout.
+        monitor(platform, spec, flipped[1], "b2", now)
+        (request,) = tick(platform, performance_sensor, now, waiting.cursor).run_requests
+        assert request.run_key == f"performance:{CUSTOMER}:b2@v1:realized"
+        assert "retraining requested" in alerts_of(platform, CUSTOMER, alerts.PERFORMANCE)["message"].iloc[-1]
+
+
 def test_a_tick_evaluates_one_page_of_customers_and_the_cursor_says_where_the_next_starts():
     from retrain_platform.customers import customer_page
     from retrain_platform.defs.automation import TriggerCursor

@@ -127,3 +127,47 @@ def test_row_count_counts_one_batch(stored):
     where, params = monitoring.batch_filter("b1")
     assert monitoring.row_count(warehouse, TABLE, where, params) == len(first)
     assert monitoring.row_count(warehouse, TABLE) == 2 * len(first)
+
+
+def test_labelled_row_counts_for_a_page_agree_with_the_single_customer_readers(warehouse):
+    from retrain_platform import evidence, triggers
+    from retrain_platform.spec import parse_spec
+
+    day = pd.Timestamp("2026-10-01")
+    rng = np.random.default_rng(3)
+    specs, snapshots = [], {}
+    for customer, id_column in (("acme", "n° client"), ("globex-eu", None)):
+        spec = parse_spec(
+            {
+                "customer": customer,
+                "landing_table": f"landing_{customer.replace('-', '_')}",
+                "timestamp_column": "horodatage client",
+                "label_column": "résultat",
+                "id_column": id_column,
+                "features": [{"name": NUMBER, "kind": "numeric"}],
+                "task": "binary",
+                "training_window_days": 30,
+            }
+        )
+        times = day + pd.to_timedelta(np.arange(60) - 40, unit="D")  # the first ten are outside the window
+        labels = pd.array(rng.integers(0, 2, 60), dtype="Int64")
+        labels[::7] = pd.NA
+        landing = pd.DataFrame({"horodatage client": times, NUMBER: rng.normal(size=60), "résultat": labels})
+        if id_column:
+            landing.insert(0, id_column, range(60))
+        warehouse.write(spec.landing_table, landing)
+        snapshots[customer] = f"snapshot_{customer.replace('-', '_')}"
+        warehouse.write(snapshots[customer], landing.iloc[:35].dropna().assign(customer=customer))
+        specs.append(spec)
+
+    since = {"acme": (day + pd.Timedelta(days=10)).to_pydatetime()}
+    counts = evidence.labelled_rows(warehouse, specs, snapshots, since=since)
+    for spec in specs:
+        found = counts[spec.customer]
+        assert found.fresh == triggers.new_labelled_rows(warehouse, spec, snapshots[spec.customer])
+        assert found.snapshot_rows == triggers.snapshot_rows(warehouse, snapshots[spec.customer], spec.customer)
+    labelled_times = pd.Series(day + pd.to_timedelta(np.arange(60) - 40, unit="D"))[pd.notna(labels)]
+    in_window = labelled_times[labelled_times >= labelled_times.max() - pd.Timedelta(days=30)]
+    assert counts["acme"].window_rows == counts["globex-eu"].window_rows == len(in_window)
+    assert counts["acme"].since_change == (in_window >= day + pd.Timedelta(days=10)).sum() > 0
+    assert counts["globex-eu"].since_change == 0  # no change reported for it

@@ -146,6 +146,48 @@ def test_a_lasting_drop_from_the_champion_holdout_metric_is_a_performance_trigge
     assert "6.0% above the champion's holdout 10.0000" in drop_of(10.6, metric_name="rmse", holdout=10.0, batches=1).reason
 
 
+def test_a_trigger_says_when_the_change_it_saw_began():
+    """The start of the run of the champion's latest batches that each fell: where the rows a retraining must
+    learn from begin. It reaches back past the batches the trigger needs, and stops at the first good one."""
+
+    def day(number: int) -> datetime:
+        return datetime(2026, 10, number)
+
+    def batches(*values):  # newest first: w7, w6, ...
+        return [BatchMetric(f"w{7 - n}", "4", "roc_auc", v, None, 900, batch_start=day(7 - n)) for n, v in enumerate(values)]
+
+    def fired(recent, floor=0.7, batches_needed=2):
+        confirmation = triggers.Confirmation(recent, 0.82, None, 0.05, 100, batches=batches_needed)
+        return triggers.performance_trigger("acme", recent[0], floor, 100, confirmation)
+
+    assert fired(batches(0.62, 0.66, 0.60, 0.83, 0.55)).since == day(5)  # w4 was fine: the change began with w5
+    # Under the floor or fallen 5% from the holdout (0.76 is 7.3% below 0.82): both belong to the run.
+    assert fired(batches(0.62, 0.76, 0.83)).since == day(6)
+    assert fired(batches(0.62, 0.80)).since == day(7)  # the floor alone fired, on the latest batch
+    assert fired(batches(0.75, 0.76, 0.90), floor=None).since == day(6)  # the drop alone, over its two batches
+    # Without a confirmation, only the batch that crossed the floor is known.
+    assert triggers.performance_trigger("acme", batches(0.6)[0], 0.7, 100).since == day(7)
+
+    def drifted(*flags):
+        return [BatchDrift(f"w{7 - n}", day(7 - n), 0.6, flag, "a", "3") for n, flag in enumerate(flags)]
+
+    assert triggers.drift_trigger("acme", drifted(True, True, True, False, True), 2, 0.5).since == day(5)
+    assert triggers.drift_trigger("acme", drifted(True, True), 2, 0.5).since == day(6)
+
+
+def test_a_training_learns_from_the_rows_of_a_change_only_once_they_outnumber_its_holdout():
+    from retrain_platform.modelling import time_split
+
+    spec = parse_spec({**SPEC, "holdout_fraction": 0.2})
+    for rows in (7865, 8615, 10, 3):
+        _, holdout, _ = time_split(pd.DataFrame({"ts": pd.date_range("2026-01-01", periods=rows, freq="h")}), spec)
+        assert triggers.rows_to_learn(rows, 0, 0.2)[1] == len(holdout)
+    # A week of 1,000 rows after a change, 7,865 in the window: all of them would be holdout.
+    assert triggers.rows_to_learn(7865, 1000, 0.2) == (0, 1573)
+    assert triggers.rows_to_learn(8615, 2000, 0.2) == (2000 - 1723, 1723)
+    assert triggers.rows_to_learn(0, 0, 0.2) == (0, 0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Performance
 

@@ -55,6 +55,9 @@ MONITORING_AUTOMATION = "monitoring_automation"
 EVIDENCE_TAG = "retrain/evidence"
 # Marks, in a sensor's cursor, evidence that was alerted on while it waited for new labels.
 WAITING_FOR_LABELS = "|waiting-for-labels"
+# How many of a champion's latest batches the retraining sensors read to find where a run of drifted or
+# falling batches began (the rows a retraining must learn from start there).
+CHANGE_LOOKBACK = 12
 TRAINING_OPS_WITH_TRIGGER = ("candidate_models", "deployed_model")
 MAX_TAG_LENGTH = 1000
 # Customers one tick of a per-customer sensor evaluates at most; the next tick goes on after the last of them
@@ -158,26 +161,31 @@ def react_to_triggers(
     in alert mode, a training is in flight, or the cooldown holds; and alert once per piece of evidence.
 
     With `needs_new_labels` (drift, performance), a training that would see fewer than the customer's
-    `automation.min_labelled_rows` new labelled rows is not launched: it would learn from the same data. The
-    evidence stays open and launches a training once enough labels have arrived."""
+    `automation.min_labelled_rows` new labelled rows is not launched: it would learn from the same data. Nor
+    is one whose training part would hold fewer than that many rows from the batches that fired the trigger
+    (its `since`): those rows fill the holdout first, and a challenger that never saw the change cannot be
+    shown to handle it. The evidence stays open and launches a training once enough labels have arrived."""
     requests, notes = [], []
     in_flight = partitions_in_flight(context.instance) if found else set()
     trained = evidence.last_trainings(db) if found else {}
     # Counted in the customers' own tables, so only where the answer matters (not in alert mode).
     counted = [spec for spec, _ in found if spec.mode != ALERT_MODE and needs_new_labels]
-    labelled = evidence.labelled_rows(db, counted, {spec.customer: snapshot_table(spec.customer) for spec in counted})
+    since = {spec.customer: trigger.since for spec, trigger in found if trigger.since is not None}
+    labelled = evidence.labelled_rows(
+        db, counted, {spec.customer: snapshot_table(spec.customer) for spec in counted}, since=since
+    )
     for spec, trigger in found:
         customer, key = spec.customer, trigger.evidence_key
         if spec.mode != ALERT_MODE and cursor.launched.get(customer) == key:
             continue
         cooldown_ends = triggers.cooldown_ends(trained.get(customer), spec.automation.cooldown_hours)
         needed = spec.automation.min_labelled_rows
-        fresh = labelled[customer][0] if customer in labelled else None
+        waiting = _waiting_for_labels(spec, trigger, labelled.get(customer)) if spec.mode != ALERT_MODE else None
         if spec.mode == ALERT_MODE:
             outcome = "alert mode: no retraining, a person decides"
-        elif fresh is not None and fresh < needed:
-            outcome = f"no new labels yet: {fresh} labelled rows since the last training, a retraining needs {needed}"
-            notes.append(f"{customer}: waiting for labels ({fresh}/{needed})")
+        elif waiting is not None:
+            outcome, learnable = waiting
+            notes.append(f"{customer}: waiting for labels ({learnable}/{needed})")
             waiting_key = f"{key}{WAITING_FOR_LABELS}"
             if cursor.alerted.get(customer) not in (key, waiting_key):
                 message = f"{trigger.reason}; {outcome}"
@@ -202,6 +210,28 @@ def react_to_triggers(
             cursor.alerted[customer] = key
     skip_reason = None if requests else ("; ".join(notes) or "no new evidence")
     return dg.SensorResult(run_requests=requests, skip_reason=skip_reason, cursor=cursor.dump())
+
+
+def _waiting_for_labels(
+    spec: CustomerSpec, trigger: Trigger, labelled: evidence.LabelledRows | None
+) -> tuple[str, int] | None:
+    """Why a training now would learn too little to be worth launching, and how many rows it would learn
+    from; None when it is worth it (or nothing was counted)."""
+    if labelled is None:
+        return None
+    needed = spec.automation.min_labelled_rows
+    if labelled.fresh < needed:
+        return f"no new labels yet: {labelled.fresh} labelled rows since the last training, a retraining needs {needed}", labelled.fresh
+    if trigger.since is None:
+        return None
+    learnable, held_out = triggers.rows_to_learn(labelled.window_rows, labelled.since_change, spec.holdout_fraction)
+    if learnable >= needed:
+        return None
+    return (
+        f"too few labels after the change yet: {labelled.since_change:,} labelled rows since {trigger.since:%Y-%m-%d %H:%M}, "
+        f"where the evidence begins, and a training now holds out its latest {held_out:,} rows to judge itself, so it "
+        f"would learn from {learnable:,} of them; a retraining needs {needed:,}"
+    ), learnable
 
 
 def _each_customer(
@@ -235,8 +265,8 @@ class PageEvidence:
         by_model = evidence.alias_versions(models, [spec.model_name for spec in page], CHAMPION)
         champions = {spec.customer: by_model.get(spec.model_name) for spec in page}
         holdouts = evidence.holdout_metrics(models, by_model, {spec.model_name: spec.primary_metric for spec in page})
-        metrics_needed = max([spec.automation.performance_batches for spec in page] + [1])
-        drift_needed = max([spec.automation.drift_consecutive_batches for spec in page] + [1])
+        metrics_needed = max([spec.automation.performance_batches for spec in page] + [CHANGE_LOOKBACK])
+        drift_needed = max([spec.automation.drift_consecutive_batches for spec in page] + [CHANGE_LOOKBACK])
         return cls(
             champions=champions,
             holdouts={spec.customer: holdouts.get(spec.model_name, (None, None)) for spec in page},
@@ -247,7 +277,7 @@ class PageEvidence:
     def confirmation(self, spec: CustomerSpec, min_drop: float, batches: int) -> triggers.Confirmation:
         holdout, holdout_estimated = self.holdouts.get(spec.customer, (None, None))
         return triggers.Confirmation(
-            recent=self.metrics.get(spec.customer, [])[:batches],
+            recent=self.metrics.get(spec.customer, []),
             holdout=holdout,
             holdout_estimated=holdout_estimated,
             min_drop=min_drop,
@@ -288,7 +318,7 @@ def drift_sensor(
         if read.champions.get(spec.customer) is None:
             return None
         consecutive = spec.automation.drift_consecutive_batches
-        recent = read.drift.get(spec.customer, [])[:consecutive]
+        recent = read.drift.get(spec.customer, [])
         share = drift.DriftThresholds.model_validate(spec.drift_thresholds).dataset_share
         confirmation = None
         if spec.automation.drift_needs_confirmation:
@@ -366,7 +396,7 @@ def new_labels_sensor(
     labelled = evidence.labelled_rows(db, page, {spec.customer: snapshot_table(spec.customer) for spec in page})
 
     def find(spec: CustomerSpec) -> Trigger | None:
-        fresh, snapshot_rows = labelled[spec.customer]
+        fresh, snapshot_rows = labelled[spec.customer][:2]
         return triggers.new_labels_trigger(
             spec.customer,
             fresh,
