@@ -480,13 +480,11 @@ monitoring_checks = [inference_batch_quality]
 monitor_batch = dg.define_asset_job(
     "monitor_batch",
     selection=dg.AssetSelection.assets(*monitoring_assets),
-    partitions_def=batches,
     description="Check, score and measure one ingested batch.",
 )
 
 remeasure_batch = dg.define_asset_job(
     "remeasure_batch",
     selection=dg.AssetSelection.assets(drift_report),
-    partitions_def=batches,
     description="Measure a scored batch again, after its late labels arrived: its realized metrics and drift report.",
 )
