@@ -10,26 +10,19 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from retrain_platform import deployment
-from retrain_platform.defs.automation import (
-    AUTO_ROLLBACK_SENSOR,
-    DEPLOYMENT_ALERTS_SENSOR,
-    DRIFT_SENSOR,
-    PERFORMANCE_SENSOR,
-)
 from retrain_platform.defs.resources import Clock
 from retrain_platform.demo_data import HISTORY_END, DemoCustomer, batch_window, demo_customers
 from retrain_platform.ledger import LedgerEntry
 from retrain_platform.replay import ReplayBatch, arrive
-from retrain_platform.runner import BatchOutcome, Firing, RunOutcome, Runner
+from retrain_platform.runner import SHIPPED_SENSORS, BatchOutcome, Firing, RunOutcome, Runner
 from retrain_platform.spec import APPROVE_MODE, CustomerSpec, complete_spec, parse_spec
 
 DEMO_TRIGGER = "demo"
 FIRST_TRAINING = f"{DEMO_TRIGGER}: first training"
 # Approve mode needs a person: in the demo one reviews what waits at the start of every week from the second.
 REVIEWER = "demo: weekly review"
-# Every shipped retraining sensor but new_labels: each demo week brings 1,000 labels, its default
-# threshold, so it would retrain every customer every week and the demo would show little else.
-DEMO_SENSORS = (DRIFT_SENSOR, PERFORMANCE_SENSOR, AUTO_ROLLBACK_SENSOR, DEPLOYMENT_ALERTS_SENSOR)
+# Every sensor as shipped, as replay's `default` policy ticks them (the weekly schedule aside: the demo is six weeks).
+DEMO_SENSORS = SHIPPED_SENSORS
 
 
 @dataclass
