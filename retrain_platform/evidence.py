@@ -1,10 +1,11 @@
-"""What the per-customer sensors read, for many customers at once.
+"""What the retraining sensors judge, read from the warehouse and the registry for many customers at once.
 
 A sensor tick that asked MLflow and the warehouse about each customer in turn made a round trip (and, on
 DuckDB, a file open; on Snowflake, a session) per question and customer: about a second per customer on a
-busy machine, far beyond Dagster's 60 s tick limit at 1,000 customers. These functions answer the same
-questions as `registry.alias_version`, `status.holdout_metrics`, `triggers.last_training` and
-`triggers.last_champion_move` for a whole page of customers in one call each. Nothing here knows about Dagster.
+busy machine, far beyond Dagster's 60 s tick limit at 1,000 customers. Each function here answers one question
+(champion versions, holdout metrics, drift and metrics per batch, shadow comparisons, the ledger's latest
+trainings and champion moves, labelled-row counts) for a whole page of customers in one call; ask about one
+customer with a page of one. The decisions over this evidence are in `triggers`. Nothing here knows about Dagster.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from retrain_platform import batches, ledger, monitoring, triggers
-from retrain_platform.ingest import BATCH_COLUMN
+from retrain_platform.ingest import BATCH_COLUMN, HISTORY_BATCH, HISTORY_PREFIX
 from retrain_platform.registry import ModelRegistry
 from retrain_platform.spec import CustomerSpec
 from retrain_platform.status import HOLDOUT_ESTIMATED_TAG_PREFIX, HOLDOUT_TAG_PREFIX
@@ -23,6 +24,15 @@ from retrain_platform.warehouse import Warehouse, quote
 
 # Model names per MLflow search: the filter is one `name IN (...)` clause.
 NAMES_PER_SEARCH = 200
+
+
+# An onboarded history is a backtest of the model trained on it: evidence only comes from batches that arrived.
+def not_history(alias: str = "") -> str:
+    column = f'{alias}."batch_id"' if alias else '"batch_id"'
+    return f"{column} <> ? and {column} not like ?"
+
+
+NOT_HISTORY_PARAMS = (HISTORY_BATCH, HISTORY_PREFIX + "%")
 
 
 def alias_versions(registry: ModelRegistry, model_names: list[str], alias: str) -> dict[str, str | None]:
@@ -100,18 +110,18 @@ def _latest(warehouse: Warehouse, actions: tuple[str, ...]) -> dict[str, pd.Seri
 
 
 def latest_drift(warehouse: Warehouse, champions: dict[str, str | None], limit: int) -> dict[str, list[triggers.BatchDrift]]:
-    """Per customer, `triggers.latest_drift` for its champion's version: the latest `limit` measured batches
-    that version scored, newest first; one query for every customer."""
+    """Per customer, the latest `limit` measured batches (by the time their rows describe) that its champion's
+    version scored, newest first; one query for every customer."""
     wanted = {customer: str(version) for customer, version in champions.items() if version is not None}
     if not wanted or not warehouse.table_exists(monitoring.DRIFT_BATCHES_TABLE):
         return {customer: [] for customer in wanted}
     marks = ", ".join("?" for _ in wanted)
     frame = warehouse.query(
         f'select * from {quote(monitoring.DRIFT_BATCHES_TABLE)} where "customer" in ({marks}) '
-        f"and {triggers.not_history()} "
+        f"and {not_history()} "
         'qualify row_number() over (partition by "customer", "model_version" '
         f'order by "batch_start" desc, "batch_id" desc) <= {int(limit)}',
-        [*wanted, *triggers.NOT_HISTORY_PARAMS],
+        [*wanted, *NOT_HISTORY_PARAMS],
     )
     frame = frame.sort_values(["customer", "batch_start", "batch_id"], ascending=[True, False, False])
     found: dict[str, list[triggers.BatchDrift]] = {customer: [] for customer in wanted}
@@ -134,8 +144,8 @@ def latest_drift(warehouse: Warehouse, champions: dict[str, str | None], limit: 
 def recent_metrics(
     warehouse: Warehouse, champions: dict[str, str | None], metrics: dict[str, str], limit: int
 ) -> dict[str, list[triggers.BatchMetric]]:
-    """Per customer, `triggers.recent_metrics`: its champion's metric `metrics[customer]` on the latest `limit`
-    measured batches it scored, newest first; one query for every customer."""
+    """Per customer, its champion's metric `metrics[customer]` on the latest `limit` measured batches it scored,
+    newest first: realized and estimated; one query for every customer."""
     wanted = {customer: str(version) for customer, version in champions.items() if version is not None}
     tables = (monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE)
     if not wanted or not all(warehouse.table_exists(table) for table in tables):
@@ -145,10 +155,10 @@ def recent_metrics(
         'select m."customer", m."batch_id", m."model_version", m."metric", m."kind", m."value", m."labelled_rows", '
         f'd."batch_start" from {quote(monitoring.METRICS_TABLE)} m join {quote(monitoring.DRIFT_BATCHES_TABLE)} d '
         'on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
-        f'where m."customer" in ({marks}) and m."model_role" = ? and {triggers.not_history("m")} '
+        f'where m."customer" in ({marks}) and m."model_role" = ? and {not_history("m")} '
         'qualify dense_rank() over (partition by m."customer", m."model_version" '
         f'order by d."batch_start" desc, m."batch_id" desc) <= {int(limit)}',
-        [*wanted, monitoring.CHAMPION_ROLE, *triggers.NOT_HISTORY_PARAMS],
+        [*wanted, monitoring.CHAMPION_ROLE, *NOT_HISTORY_PARAMS],
     )
     found: dict[str, list[triggers.BatchMetric]] = {customer: [] for customer in wanted}
     if frame.empty:
@@ -175,8 +185,8 @@ def recent_metrics(
 
 
 def shadow_comparisons(warehouse: Warehouse, metrics: dict[str, str]) -> dict[str, list[triggers.ShadowComparison]]:
-    """Per customer, `triggers.shadow_comparisons` on its metric `metrics[customer]`: per measured batch, oldest
-    first, the champion's and the previous champion's realized metric; one query for every customer."""
+    """Per customer, per measured batch, oldest first, the champion's and the previous champion's realized
+    metric `metrics[customer]` (scored in shadow on the same rows); one query for every customer."""
     found: dict[str, list[triggers.ShadowComparison]] = {customer: [] for customer in metrics}
     tables = (monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE)
     if not metrics or not all(warehouse.table_exists(table) for table in tables):
@@ -187,8 +197,8 @@ def shadow_comparisons(warehouse: Warehouse, metrics: dict[str, str]) -> dict[st
         f'm."labelled_rows", d."batch_start" from {quote(monitoring.METRICS_TABLE)} m '
         f'join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
         f"""where m."customer" in ({marks}) and m."kind" = 'realized' and m."model_role" in (?, ?) """
-        f'and {triggers.not_history("m")}',
-        [*metrics, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE, *triggers.NOT_HISTORY_PARAMS],
+        f'and {not_history("m")}',
+        [*metrics, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE, *NOT_HISTORY_PARAMS],
     )
     if frame.empty:
         return found
@@ -217,8 +227,10 @@ def shadow_comparisons(warehouse: Warehouse, metrics: dict[str, str]) -> dict[st
 class LabelledRows(NamedTuple):
     """A customer's labelled rows as a training now would see them."""
 
-    fresh: int  # not in the last training's snapshot: `triggers.new_labelled_rows`
-    snapshot_rows: int  # in that snapshot: `triggers.snapshot_rows`
+    # Not in the last training's snapshot (by id, or after its latest timestamp without an id column), labels
+    # people added later to old rows included; a quarantined batch's rows are left out, as a training does.
+    fresh: int
+    snapshot_rows: int  # in that snapshot
     window_rows: int = 0  # in the training window
     since_change: int = 0  # in the window, at or after the customer's `since` time
 

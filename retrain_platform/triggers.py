@@ -2,8 +2,7 @@
 
 The decisions are pure functions of their evidence and of `now`, which is always an argument: nothing here
 reads the wall clock, so the sensors that call these functions can be replayed over a dataset's history at
-simulated times. The readers at the bottom fetch the evidence (drift per batch, metrics per batch, the
-ledger, new labelled rows) with a few small queries.
+simulated times. `evidence` reads what they judge from the warehouse and the registry.
 """
 
 from __future__ import annotations
@@ -12,14 +11,9 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import pandas as pd
-
-from retrain_platform import batches, ledger, monitoring
-from retrain_platform.modelling import holdout_rows
+from retrain_platform import ledger
 from retrain_platform.evaluation import GREATER_IS_BETTER, comparable_value, improvement
-from retrain_platform.ingest import BATCH_COLUMN, HISTORY_BATCH, HISTORY_PREFIX
-from retrain_platform.spec import CustomerSpec
-from retrain_platform.warehouse import Warehouse, quote
+from retrain_platform.modelling import holdout_rows
 
 DRIFT = "drift"
 PERFORMANCE = "performance"
@@ -430,195 +424,9 @@ def rollback_trigger(
     )
 
 
-# ----------------------------------------------------------------------------------------------- readers
-
-# An onboarded history is a backtest of the model trained on it: evidence only comes from batches that arrived.
-def not_history(alias: str = "") -> str:
-    column = f'{alias}."batch_id"' if alias else '"batch_id"'
-    return f"{column} <> ? and {column} not like ?"
-
-
-NOT_HISTORY_PARAMS = (HISTORY_BATCH, HISTORY_PREFIX + "%")
-
-
-def latest_drift(warehouse: Warehouse, customer: str, model_version: str, limit: int) -> list[BatchDrift]:
-    """The latest measured batches (by the time their rows describe) that `model_version` scored, newest first."""
-    if not warehouse.table_exists(monitoring.DRIFT_BATCHES_TABLE):
-        return []
-    frame = warehouse.query(
-        f'select * from {quote(monitoring.DRIFT_BATCHES_TABLE)} where "customer" = ? and "model_version" = ? '
-        f'and {not_history()} order by "batch_start" desc, "batch_id" desc limit {int(limit)}',
-        [customer, str(model_version), *NOT_HISTORY_PARAMS],
-    )
-    return [
-        BatchDrift(
-            batch_id=str(row.batch_id),
-            batch_start=None if pd.isna(row.batch_start) else pd.Timestamp(row.batch_start).to_pydatetime(),
-            drift_share=float(row.drift_share),
-            dataset_drifted=_true(row.dataset_drifted),
-            drifted_columns=str(row.drifted_columns or ""),
-            model_version=str(row.model_version),
-        )
-        for row in frame.itertuples()
-    ]
-
-
-def recent_metrics(warehouse: Warehouse, customer: str, metric: str, model_version: str, limit: int) -> list[BatchMetric]:
-    """The champion's `metric` on the latest `limit` batches it scored and that have been measured, newest first."""
-    if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
-        return []
-    frame = warehouse.query(
-        f'select m."batch_id", m."kind", m."value", m."labelled_rows", d."batch_start" from {quote(monitoring.METRICS_TABLE)} m '
-        f'join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
-        'where m."customer" = ? and m."metric" = ? and m."model_role" = ? and m."model_version" = ? '
-        f'and {not_history("m")} order by d."batch_start" desc, m."batch_id" desc',
-        [customer, metric, monitoring.CHAMPION_ROLE, str(model_version), *NOT_HISTORY_PARAMS],
-    )
-    found = []
-    for batch in dict.fromkeys(frame["batch_id"]):
-        rows = frame[frame["batch_id"] == batch]
-        values = dict(zip(rows["kind"], rows["value"].astype(float)))
-        found.append(
-            BatchMetric(
-                batch_id=str(batch),
-                model_version=str(model_version),
-                metric=metric,
-                realized=values.get("realized"),
-                estimated=values.get("estimated"),
-                labelled_rows=int(rows["labelled_rows"].iloc[0]),
-                batch_start=_start(rows["batch_start"].iloc[0]),
-            )
-        )
-        if len(found) >= limit:
-            break
-    return found
-
-
-def shadow_comparisons(warehouse: Warehouse, customer: str, metric: str) -> list[ShadowComparison]:
-    """Per measured batch, oldest first: the champion's and the previous champion's realized `metric`."""
-    if not _tables_exist(warehouse, monitoring.METRICS_TABLE, monitoring.DRIFT_BATCHES_TABLE):
-        return []
-    frame = warehouse.query(
-        'select m."batch_id", m."model_role", m."model_version", m."value", m."labelled_rows", d."batch_start" '
-        f"from {quote(monitoring.METRICS_TABLE)} m "
-        f'join {quote(monitoring.DRIFT_BATCHES_TABLE)} d on d."customer" = m."customer" and d."batch_id" = m."batch_id" '
-        """where m."customer" = ? and m."metric" = ? and m."kind" = 'realized' and m."model_role" in (?, ?) """
-        f'and {not_history("m")}',
-        [customer, metric, monitoring.CHAMPION_ROLE, monitoring.PREVIOUS_CHAMPION_ROLE, *NOT_HISTORY_PARAMS],
-    )
-    comparisons = []
-    for (batch, start), rows in frame.groupby(["batch_id", "batch_start"], sort=False, dropna=False):
-        by_role = {row.model_role: row for row in rows.itertuples()}
-        champion, previous = by_role.get(monitoring.CHAMPION_ROLE), by_role.get(monitoring.PREVIOUS_CHAMPION_ROLE)
-        if champion is None or previous is None:
-            continue
-        comparisons.append(
-            (
-                start,
-                ShadowComparison(
-                    batch_id=str(batch),
-                    labelled_rows=int(champion.labelled_rows),
-                    champion_version=str(champion.model_version),
-                    champion_value=float(champion.value),
-                    previous_version=str(previous.model_version),
-                    previous_value=float(previous.value),
-                ),
-            )
-        )
-    comparisons.sort(
-        key=lambda pair: (pd.Timestamp.min if pd.isna(pair[0]) else pd.Timestamp(pair[0]), pair[1].batch_id)
-    )
-    return [comparison for _, comparison in comparisons]
-
-
-def last_training(warehouse: Warehouse, customer: str) -> LastTraining | None:
-    """When the customer's model was last trained (any verdict), from the ledger."""
-    history = ledger.history(warehouse, customer)
-    trainings = history[history["action"].isin(TRAINING_ACTIONS)]
-    if trainings.empty:
-        return None
-    row = trainings.iloc[-1]
-    return LastTraining(
-        recorded_at=pd.Timestamp(row["recorded_at"]).to_pydatetime(), dagster_run_id=_text(row["dagster_run_id"])
-    )
-
-
-def last_champion_move(warehouse: Warehouse, customer: str) -> ChampionMove | None:
-    history = ledger.history(warehouse, customer)
-    moves = history[history["action"].isin(CHAMPION_MOVES)]
-    if moves.empty:
-        return None
-    row = moves.iloc[-1]
-    return ChampionMove(
-        action=str(row["action"]),
-        from_version=_text(row["from_version"]),
-        to_version=_text(row["champion_after"]),
-        recorded_at=pd.Timestamp(row["recorded_at"]).to_pydatetime(),
-    )
-
-
-def snapshot_rows(warehouse: Warehouse, snapshot_table: str, customer: str) -> int:
-    """How many rows the customer's last training snapshot holds (0 before any training)."""
-    if not warehouse.table_exists(snapshot_table):
-        return 0
-    frame = warehouse.query(f'select count(*) as "n" from {quote(snapshot_table)} where "customer" = ?', [customer])
-    return int(frame["n"].iloc[0])
-
-
-def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec, snapshot_table: str) -> int:
-    """Labelled rows a training now would add to the last snapshot: inside the training window and not in
-    the snapshot (by id, or after its latest timestamp when the customer has no id column). Labels people add
-    later to old rows count too: that is the expert-labelling loop."""
-    landing, timestamp, label = quote(spec.landing_table), quote(spec.timestamp_column), quote(spec.label_column)
-    if not warehouse.table_exists(spec.landing_table) or not warehouse.table_exists(snapshot_table):
-        return 0
-    latest = warehouse.query(f'select max({timestamp}) as "latest" from {landing} where {label} is not null')
-    latest = latest["latest"].iloc[0]
-    if pd.isna(latest):
-        return 0
-    window_start = pd.Timestamp(latest) - pd.Timedelta(days=spec.training_window_days)
-    snapshot = quote(snapshot_table)
-    if spec.id_column:
-        key = quote(spec.id_column)
-        unseen = f'not exists (select 1 from {snapshot} s where s."customer" = ? and s.{key} = l.{key})'
-        params = [window_start.to_pydatetime(), spec.customer]
-    else:
-        unseen = f'l.{timestamp} > (select max(s.{timestamp}) from {snapshot} s where s."customer" = ?)'
-        params = [window_start.to_pydatetime(), spec.customer]
-    # A quarantined batch's labels are not new rows a training would see: it leaves them out.
-    quarantined = batches.quarantined_batches(warehouse, spec.customer)
-    kept = ""
-    if quarantined:
-        kept = f" and (l.{quote(BATCH_COLUMN)} is null or l.{quote(BATCH_COLUMN)} not in ({', '.join('?' for _ in quarantined)}))"
-        params += quarantined
-    frame = warehouse.query(
-        f'select count(*) as "n" from {landing} l where l.{label} is not null and l.{timestamp} >= ? and {unseen}{kept}',
-        params,
-    )
-    return int(frame["n"].iloc[0])
-
-
 def _first_names(columns: str, shown: int = 3) -> str:
     """A batch's drifted columns for one line of evidence: the first few and how many more."""
     names = [name for name in columns.split(", ") if name]
     if not names:
         return "-"
     return ", ".join(names[:shown]) + (f" +{len(names) - shown} more" if len(names) > shown else "")
-
-
-def _tables_exist(warehouse: Warehouse, *tables: str) -> bool:
-    return all(warehouse.table_exists(table) for table in tables)
-
-
-def _true(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1")
-    return bool(value)
-
-
-def _start(value) -> datetime | None:
-    return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime()
-
-
-def _text(value) -> str | None:
-    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)

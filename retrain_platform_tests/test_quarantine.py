@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain_platform import alerts, batches, monitoring, onboarding, triggers
+from retrain_platform import alerts, batches, evidence, monitoring, onboarding
 from retrain_platform.batches import BatchState
 from retrain_platform.defs.training import snapshot_table
 from retrain_platform.ingest import BATCH_COLUMN
@@ -113,7 +113,7 @@ def test_training_afterwards_succeeds_and_its_snapshot_leaves_the_quarantined_ro
     assert landing_ids(platform, spec, GOOD) <= set(snapshot[spec.id_column])
     # Nor are their labels new rows for the new-labels sensor: they would retrain it on every tick.
     assert platform.landing(spec).loc[lambda f: f[BATCH_COLUMN] == FUTURE, spec.label_column].notna().any()
-    assert triggers.new_labelled_rows(platform.warehouse, spec, snapshot_table(CUSTOMER)) == 0
+    assert evidence.labelled_rows(platform.warehouse, [spec], {CUSTOMER: snapshot_table(CUSTOMER)})[CUSTOMER].fresh == 0
 
 
 def test_batches_lists_every_batch_with_rows_labels_state_and_rule(poisoned, tmp_path):

@@ -30,7 +30,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from retrain_platform import alerts, customers, drift, ledger, monitoring, triggers
+from retrain_platform import alerts, customers, drift, evidence, ledger, monitoring
 from retrain_platform.defs.automation import (
     DRIFT_SENSOR,
     EVIDENCE_TAG,
@@ -162,7 +162,7 @@ def chain(tmp_path_factory, demo_data) -> Chain:
                 champion = runner.champion(spec)
                 batch = customer.batches[0]
                 monitored = runner.ingest_and_monitor(spec, batch, BATCH).monitored[0]
-                new_labels_before = triggers.new_labelled_rows(runner.warehouse, spec, snapshot_table(CUSTOMER))
+                new_labels_before = new_labelled_rows(runner.warehouse, spec)
 
                 later = {"clock": Clock(frozen_at=TICKED_AT.isoformat())}
                 search = {"ops": {"candidate_models": {"config": TEST_SEARCH}}}
@@ -185,6 +185,10 @@ def chain(tmp_path_factory, demo_data) -> Chain:
                 )  # fmt: skip
     finally:
         logging.getLogger().removeHandler(recorded)
+
+
+def new_labelled_rows(warehouse: Warehouse, spec: CustomerSpec) -> int:
+    return evidence.labelled_rows(warehouse, [spec], {spec.customer: snapshot_table(spec.customer)})[spec.customer].fresh
 
 
 def count(warehouse: Warehouse, table: str, where: str = "", params: tuple = ()) -> int:
@@ -277,7 +281,7 @@ def test_the_performance_sensor_alerts_and_launches_a_retraining_that_keeps_the_
 def test_the_new_labels_sensor_sees_nothing_new_after_the_retraining(chain):
     tick = chain.ticks[NEW_LABELS_SENSOR]
     assert (tick.runs, tick.skip_reason) == ([], "no new evidence")
-    assert triggers.new_labelled_rows(chain.warehouse, chain.spec, snapshot_table(CUSTOMER)) == 0
+    assert new_labelled_rows(chain.warehouse, chain.spec) == 0
 
 
 # ------------------------------------------------------------------------------------------- the secret

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from retrain_platform import alerts, settings, triggers
+from retrain_platform import alerts, evidence, settings, triggers
 from retrain_platform.defs.resources import Clock
 from retrain_platform.spec import parse_spec
 from retrain_platform.triggers import (
@@ -354,12 +354,16 @@ def test_new_labelled_rows_are_those_a_training_would_add(warehouse):
     )  # fmt: skip
     warehouse.write(spec.landing_table, landing)
     warehouse.write("snapshot_acme", landing.iloc[[1, 2]].assign(customer="acme"))
-    assert triggers.new_labelled_rows(warehouse, spec, "snapshot_acme") == 4
 
+    def fresh(spec, snapshot: str) -> int:
+        return evidence.labelled_rows(warehouse, [spec], {"acme": snapshot})["acme"].fresh
+
+    assert fresh(spec, "snapshot_acme") == 4
+    assert evidence.labelled_rows(warehouse, [spec], {"acme": "snapshot_acme"})["acme"].snapshot_rows == 2
     without_ids = parse_spec(SPEC)
     # Without an id column, only rows after the snapshot's latest timestamp are new (the late label is missed).
-    assert triggers.new_labelled_rows(warehouse, without_ids, "snapshot_acme") == 3
-    assert triggers.new_labelled_rows(warehouse, spec, "no_snapshot_yet") == 0
+    assert fresh(without_ids, "snapshot_acme") == 3
+    assert fresh(spec, "no_snapshot_yet") == 0
 
 
 def test_latest_drift_is_ordered_by_the_time_the_rows_describe_and_kept_to_one_model_version(warehouse):
@@ -378,18 +382,18 @@ def test_latest_drift_is_ordered_by_the_time_the_rows_describe_and_kept_to_one_m
         }
     )
     warehouse.write("drift_batches", rows)
-    latest = triggers.latest_drift(warehouse, "acme", "3", limit=2)
+    latest = evidence.latest_drift(warehouse, {"acme": "3"}, limit=2)["acme"]
     assert [b.batch_id for b in latest] == ["b-late", "c-middle"]
     assert latest[0].batch_start == datetime(2026, 10, 20)
     assert triggers.drift_trigger("acme", latest, 2, 0.5).evidence_key == "c-middle+b-late@v3"
 
 
 def test_no_evidence_tables_means_no_evidence(warehouse):
-    assert triggers.latest_drift(warehouse, "acme", "1", 2) == []
-    assert triggers.recent_metrics(warehouse, "acme", "roc_auc", "1", 1) == []
-    assert triggers.shadow_comparisons(warehouse, "acme", "roc_auc") == []
-    assert triggers.last_training(warehouse, "acme") is None
-    assert triggers.last_champion_move(warehouse, "acme") is None
+    assert evidence.latest_drift(warehouse, {"acme": "1"}, 2) == {"acme": []}
+    assert evidence.recent_metrics(warehouse, {"acme": "1"}, {"acme": "roc_auc"}, 1) == {"acme": []}
+    assert evidence.shadow_comparisons(warehouse, {"acme": "roc_auc"}) == {"acme": []}
+    assert evidence.last_trainings(warehouse) == {}
+    assert evidence.last_champion_moves(warehouse) == {}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -779,13 +779,14 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext, warehouse: dg.Resou
     db = warehouse.get_warehouse()
     now = _naive_utc(context.scheduled_execution_time)
     requests, skipped = [], []
+    trained = evidence.last_trainings(db)
     for spec in customer_specs(context.instance, db):
         if spec.mode == ALERT_MODE or not spec.automation.scheduled_retraining:
             continue
         if training_in_flight(context.instance, spec.customer):
             skipped.append(f"{spec.customer}: training in flight")
             continue
-        if triggers.in_cooldown(triggers.last_training(db, spec.customer), now, spec.automation.cooldown_hours):
+        if triggers.in_cooldown(trained.get(spec.customer), now, spec.automation.cooldown_hours):
             skipped.append(f"{spec.customer}: trained within its cooldown")
             continue
         trigger = Trigger(
