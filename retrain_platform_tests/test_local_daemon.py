@@ -99,14 +99,14 @@ def session_processes(session: int) -> list[int]:
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_killing_onboard_wait_leaves_no_daemon_running(home, tmp_path, signum):
+def test_killing_onboard_wait_leaves_no_daemon_running(home, tmp_path, fast_backfills, signum):
     """Issue 10, case 12: `onboard --wait`, stopped while it waits, used to leave its daemon running for good."""
     source = tmp_path / "acme.csv"
     generate_customer_frame("lumen-streaming", 600, start="2026-05-01", end="2026-08-01", rng=1).to_csv(
         source, index=False
     )
     onboard = ("onboard", "acme", "--source", str(source), "--label", "churned", "--id", "subscriber_id")
-    command = cli(*onboard, "--wait", home=home.root, cwd=tmp_path, background=True)
+    command = cli(*onboard, "--wait", home=home.root, cwd=tmp_path, env=fast_backfills, background=True)
     pid_path = home.root / "logs" / "daemon.pid"
     daemon = None
     try:
@@ -132,7 +132,7 @@ def test_killing_onboard_wait_leaves_no_daemon_running(home, tmp_path, signum):
         assert_one_line_error(again, "already being onboarded", "dagster dev")
         if signum == signal.SIGKILL:
             # `--wait` again re-attaches to the onboarding in progress and waits for it to the end.
-            resumed = cli(*onboard, "--wait", home=home.root, cwd=tmp_path, timeout=900)
+            resumed = cli(*onboard, "--wait", home=home.root, cwd=tmp_path, env=fast_backfills, timeout=900)
             assert resumed.returncode == 0, resumed.stderr
             assert "acme: already being onboarded (" in resumed.stdout
             assert "waiting for it with the source and options given then" in resumed.stdout

@@ -47,7 +47,7 @@ class Onboarded:
 
 
 @pytest.fixture(scope="module")
-def onboarded(tmp_path_factory) -> Onboarded:
+def onboarded(tmp_path_factory, fast_backfills) -> Onboarded:
     root = tmp_path_factory.mktemp("onboarding")
     home = Home(root / "home").ensure()
     csv, parquet = root / "acme.csv", root / "globex.parquet"
@@ -76,7 +76,7 @@ def onboarded(tmp_path_factory) -> Onboarded:
     processes = {
         name: cli(
             *command, "--batch-period", "month", "--wait", "--home", str(home.root), home=home.root, cwd=root,
-            background=True,
+            env=fast_backfills, background=True,
         )
         for name, command in commands.items()
     }
