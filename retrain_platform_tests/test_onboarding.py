@@ -27,7 +27,7 @@ from retrain_platform.demo_data import generate_customer_frame
 from retrain_platform.ingest import IngestError, ingest
 from retrain_platform.onboarding import OnboardingError, OnboardingRequest
 from retrain_platform.spec import SpecError
-from retrain_platform.triggers import latest_drift
+from retrain_platform.evidence import latest_drift
 
 
 def history_csv_like(rows: int = 1_200, seed: int = 0) -> pd.DataFrame:
@@ -263,7 +263,7 @@ def test_history_batch_ids_are_reserved_and_never_trigger(warehouse):
             }
         ),
     )
-    assert [b.batch_id for b in latest_drift(warehouse, "acme", "1", limit=5)] == ["week-1"]
+    assert [b.batch_id for b in latest_drift(warehouse, {"acme": "1"}, limit=5)["acme"]] == ["week-1"]
 
 
 # ------------------------------------------------------------------------------------ the sensors' stages
