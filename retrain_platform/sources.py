@@ -55,7 +55,8 @@ class Watermark:
 
 @dataclass(frozen=True)
 class PendingRows:
-    """Rows above the mark, counted in the warehouse: how many, and the largest value among them."""
+    """Rows above the mark, counted in the warehouse: how many, and the watermark up to which the next batch
+    takes them (the largest among them, or among the first `source_batch_rows`)."""
 
     customer: str
     rows: int
@@ -117,12 +118,17 @@ def pending_rows(warehouse: Warehouse, specs: list[CustomerSpec], marks: dict[st
 
 
 def _pending_sql(spec: CustomerSpec, mark: Watermark | None) -> tuple[str, list]:
+    """All the rows above the mark, and the watermark of the `source_batch_rows`-th of them: the next batch
+    takes the rows up to it, so a backlog is taken in bounded batches, one a tick. Rows that share that
+    watermark all go into the batch: the next one starts strictly above it."""
     column, table = quote(watermark_column(spec)), quote(spec.source_table)
     above, params = ("", []) if mark is None else (f" where {column} > ?", [mark.value])
+    first = f'select {column} as "mark" from {table}{above} order by {column} limit {int(spec.source_batch_rows)}'
     # The customer id travels as a literal: it matches [a-z0-9_-], so it cannot close the quote.
     return (
-        f"select '{spec.customer}' as \"customer\", count(*) as \"rows\", max({column}) as \"high\" from {table}{above}",
-        params,
+        f"select '{spec.customer}' as \"customer\", (select count(*) from {table}{above}) as \"rows\", "
+        f'(select max("mark") from ({first}) first_rows) as "high"',
+        params * 2,
     )
 
 

@@ -217,6 +217,12 @@ class CustomerSpec(BaseModel):
         description="the column of `source_table` that grows with every load (a load time or a sequence number); "
         "the timestamp column when unset",
     )
+    source_batch_rows: int = Field(
+        default=200_000,
+        ge=1,
+        description="the most rows of `source_table` one batch takes (more when rows share the last watermark "
+        "value); a larger backlog becomes several batches, one per sensor tick",
+    )
 
     @field_validator("customer")
     @classmethod

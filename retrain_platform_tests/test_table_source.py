@@ -117,6 +117,30 @@ def test_each_load_becomes_one_batch_with_exactly_its_rows(platform):
     assert sources.history(db, CUSTOMER)["source_rows"].tolist() == [len(first), len(second)]
 
 
+def test_a_backlog_is_taken_in_batches_of_at_most_source_batch_rows(platform):
+    platform, resources = platform
+    db = resources["warehouse"].get_warehouse()
+    spec = source_spec(db, customer_store.load_spec(db, CUSTOMER), source_batch_rows=300)
+    backlog = pd.concat([appended(platform, 0), appended(platform, 1)])
+    db.write(SOURCE, backlog)
+
+    cursor, taken = None, []
+    for number in range(1, 7):
+        result = tick(platform, resources, cursor)
+        cursor = result.cursor
+        if not result.run_requests:
+            break
+        [request] = result.run_requests
+        assert request.partition_key == batch_partition_key(CUSTOMER, sources.source_batch_id(number))
+        taken.append(batch_ids_of(db, spec, sources.source_batch_id(number)))
+    assert result.skip_reason.skip_message == "no new rows in any source table"
+    assert len(backlog) == 1000 and [len(ids) for ids in taken] == [300, 300, 300, 100]
+    assert sorted(i for ids in taken for i in ids) == sorted(backlog[spec.id_column].tolist())
+    # In watermark order: each batch holds rows no later than the next batch's first.
+    ends = [backlog.set_index(spec.id_column).loc[ids, spec.timestamp_column] for ids in taken]
+    assert all(earlier.max() <= later.min() for earlier, later in zip(ends, ends[1:]))
+
+
 def test_rows_the_file_checks_refuse_are_not_stored_and_are_taken_once_corrected(platform):
     platform, resources = platform
     db = resources["warehouse"].get_warehouse()

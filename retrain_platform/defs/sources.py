@@ -50,7 +50,8 @@ def warehouse_source_sensor(
     """Makes the rows appended to a customer's `source_table` since its last batch into a new batch
     (`table-000001`, ...), checked and stored as a file would be, and requests its monitoring run; a batch
     whose labels arrived with the new rows is re-measured. The high-water mark lives in `source_batches`.
-    Makes up to `BATCHES_PER_TICK` batches a tick; other sources with new rows are served on the next ticks."""
+    Makes up to `BATCHES_PER_TICK` batches a tick, each of at most `source_batch_rows` rows (a backlog becomes
+    several batches); other sources and the rest of a backlog are served on the next ticks."""
     db = warehouse.get_warehouse()
     cursor = TriggerCursor.parse(context.cursor)
     now = clock.now()
@@ -121,9 +122,11 @@ def warehouse_source_sensor(
                     tags=tags,
                 )
             )
+        left = pending.rows - made.source_rows
         context.log.info(
             f"{spec.customer}: batch {summary.batch_id} from {spec.source_table}: {summary.new_rows:,} new row(s), "
             f"{summary.labels_merged:,} label(s) merged, mark now {made.high}"
+            + (f"; {left:,} more row(s) wait for the next batches (source_batch_rows {spec.source_batch_rows:,})" if left > 0 else "")
         )
         notes.append(f"{spec.customer}: batch {summary.batch_id} ({summary.new_rows:,} new rows)")
     skip_reason = None if requests else ("; ".join(notes) or "no new rows in any source table")
