@@ -131,7 +131,7 @@ def latest_drift(warehouse: Warehouse, champions: dict[str, str | None], limit: 
         found[str(row.customer)].append(
             triggers.BatchDrift(
                 batch_id=str(row.batch_id),
-                batch_start=None if pd.isna(row.batch_start) else pd.Timestamp(row.batch_start).to_pydatetime(),
+                batch_start=_moment(row.batch_start),
                 drift_share=float(row.drift_share),
                 dataset_drifted=_true(row.dataset_drifted),
                 drifted_columns=str(row.drifted_columns or ""),
@@ -178,7 +178,7 @@ def recent_metrics(
                 realized=values.get("realized"),
                 estimated=values.get("estimated"),
                 labelled_rows=int(rows["labelled_rows"].iloc[0]),
-                batch_start=None if pd.isna(rows["batch_start"].iloc[0]) else pd.Timestamp(rows["batch_start"].iloc[0]).to_pydatetime(),
+                batch_start=_moment(rows["batch_start"].iloc[0]),
             )
         )
     return found
@@ -302,6 +302,10 @@ def _existing(warehouse: Warehouse, tables: list[str]) -> set[str]:
         f'select table_name as "name" from information_schema.tables where table_name in ({marks}){schema}', tables
     )
     return {str(name) for name in frame["name"]}
+
+
+def _moment(value) -> datetime | None:
+    return None if pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 def _true(value) -> bool:
